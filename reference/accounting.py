@@ -1,0 +1,92 @@
+"""Parameters, FLOPs and the iso-FLOP dense baseline of a looped model.
+
+Looping is a parameter saving, not a compute saving: every loop step costs a full pass of the core
+blocks. So we report both: unique parameters (what is stored), effective parameters (what an unrolled
+stack of the same depth would store) and FLOPs per token at the *realized* mean depth.
+
+FLOP convention (nanoGPT / PaLM): a matmul of an (m, k) by a (k, n) matrix costs 2 m k n; attention
+scores and the weighted sum cost 2 T D each per token over the full context T (causal masking is not
+discounted); a training step costs 3x the forward pass (backward = 2x forward).
+FLOPs "at realized depth" are what an implementation that skips halted tokens spends; a batched
+implementation that runs every token until the last one halts spends more.
+"""
+from __future__ import annotations
+
+from .config import LoopConfig
+from .model import param_shapes
+
+# Dense bf16 tensor-core peaks (FLOP/s) of common accelerators, from the vendors' datasheets.
+PEAK_FLOPS = {
+    "H100-SXM": 989e12, "H100-PCIe": 756e12, "H200": 989e12, "A100": 312e12,
+    "L4": 121e12, "RTX-4090": 165e12, "RTX-4070": 58e12,
+}
+
+
+def _numel(shape) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+def param_counts(cfg: LoopConfig) -> dict[str, int]:
+    """unique: every stored weight; embedding: token/position embeddings and an untied LM head;
+    non_embedding: unique - embedding; core: the looped blocks' weights (incl. step scale, halting, injection)."""
+    shapes = param_shapes(cfg)
+    unique = sum(_numel(s) for s in shapes.values())
+    embedding = sum(_numel(s) for n, s in shapes.items() if n in ("embed.weight", "pos.weight", "lm_head.weight"))
+    core = sum(_numel(s) for n, s in shapes.items() if n.startswith(("core.", "loop.")))
+    return dict(unique=unique, embedding=embedding, non_embedding=unique - embedding, core=core)
+
+
+def effective_params(cfg: LoopConfig, mean_depth: float | None = None, non_embedding: bool = True) -> float:
+    """Parameters of the unrolled model: the core counted once per loop step taken (default: max_loops)."""
+    c = param_counts(cfg)
+    depth = cfg.max_loops if mean_depth is None else mean_depth
+    base = c["non_embedding"] if non_embedding else c["unique"]
+    return base + (depth - 1) * c["core"]
+
+
+def block_flops(cfg: LoopConfig, seq_len: int | None = None) -> float:
+    """Forward FLOPs per token of one transformer block at context length seq_len (default block_size)."""
+    D, F, T = cfg.d_model, cfg.mlp_ratio * cfg.d_model, seq_len or cfg.block_size
+    return 2 * (4 * D * D + 2 * F * D) + 4 * T * D
+
+
+def loop_step_overhead_flops(cfg: LoopConfig) -> float:
+    """Per loop step and group, beyond its blocks: the halting unit (2 D) and the concat injection (4 D^2)."""
+    D = cfg.d_model
+    halt = 2 * D if cfg.halt in ("act", "pondernet") else 0
+    inject = 4 * D * D if cfg.input_injection == "concat" else 0
+    return halt + inject
+
+
+def flops_per_token(cfg: LoopConfig, mean_depth: float | None = None, seq_len: int | None = None,
+                    training: bool = True) -> float:
+    """FLOPs per token at a realized mean depth (mean loop steps per group; default max_loops).
+    training=True counts forward + backward (3x forward)."""
+    depth = cfg.max_loops if mean_depth is None else mean_depth
+    if not 0 < depth <= cfg.max_loops:
+        raise ValueError(f"mean_depth={depth} is outside (0, max_loops={cfg.max_loops}]")
+    blk = block_flops(cfg, seq_len)
+    forward = ((cfg.n_prelude + cfg.n_coda) * blk
+               + depth * (cfg.n_layer * blk + cfg.n_groups * loop_step_overhead_flops(cfg))
+               + 2 * cfg.d_model * cfg.vocab_size)
+    return 3 * forward if training else forward
+
+
+def mfu(flops_per_token_: float, tokens_per_second: float, peak_flops: float) -> float:
+    """Model FLOPs utilisation: achieved FLOP/s over the device's peak FLOP/s."""
+    if peak_flops <= 0:
+        raise ValueError(f"peak_flops={peak_flops} must be > 0 (see PEAK_FLOPS)")
+    return flops_per_token_ * tokens_per_second / peak_flops
+
+
+def iso_flop_dense(cfg: LoopConfig, mean_depth: float | None = None, seq_len: int | None = None) -> LoopConfig:
+    """The dense (no loop, no halting) config of the same width whose training FLOPs per token are closest to
+    those of `cfg` at `mean_depth`: n_layer = round((F_looped - F_head) / F_block)."""
+    target = flops_per_token(cfg, mean_depth, seq_len, training=False)
+    head = 2 * cfg.d_model * cfg.vocab_size
+    n_layer = max(1, round((target - head) / block_flops(cfg, seq_len)))
+    return cfg.replace(n_prelude=0, n_layer=n_layer, n_coda=0, max_loops=1, min_loops=1, halt="fixed",
+                       loop_scope="layer", input_injection="none", step_scale_init=1.0)

@@ -1,0 +1,153 @@
+"""One config type for every model of the family, and the named presets both backends use.
+
+tokens -> embed -> prelude (unique blocks, once)
+       -> core: unique blocks looped up to max_loops times, per-token halting
+       -> coda (unique blocks, once) -> norm -> LM head (tied to embed by default)
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+LOOP_SCOPES = ("stack", "layer")
+HALT_MODES = ("fixed", "act", "pondernet", "converge")
+INJECTIONS = ("none", "add", "concat")
+NORMS = ("rmsnorm", "layernorm")
+ACTIVATIONS = ("gelu", "relu")
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    """Every architectural knob of an adaptive looped transformer. Validated at construction."""
+
+    # sizes
+    vocab_size: int = 256
+    block_size: int = 64           # longest sequence the model accepts (context length)
+    d_model: int = 64
+    n_head: int = 4
+    mlp_ratio: int = 4             # hidden width of the MLP = mlp_ratio * d_model
+    n_prelude: int = 1             # unique blocks run once before the loop
+    n_layer: int = 1               # unique core blocks, the ones that loop
+    n_coda: int = 1                # unique blocks run once after the loop
+    # looping
+    max_loops: int = 4             # K: most steps any token may take
+    min_loops: int = 1             # no token halts before this step
+    loop_scope: str = "stack"      # stack: loop the whole core; layer: each core block loops on its own
+    input_injection: str = "none"  # feed the loop input e into every step: none | add | concat
+    step_scale_init: float = 0.1   # gamma of s_k = s_{k-1} + gamma * r(x_k); near zero = near-identity loops
+    # halting
+    halt: str = "act"              # fixed | act | pondernet | converge
+    act_eps: float = 0.01          # ACT halts once the cumulative halting sum reaches 1 - eps
+    halt_bias_init: float = 1.0    # Graves 2016 uses +1 (halt early); "deep start" uses -3
+    halt_penalty: float = 0.01     # tau: weight of the mean ponder cost in the loss
+    pondernet_prior: float = 0.5   # lambda_p of the truncated geometric prior
+    pondernet_beta: float = 0.01   # beta: weight of KL(p || prior) in the loss
+    converge_tol: float = 0.05     # converge halts once ||s_k - s_{k-1}|| / ||s_{k-1}|| < tol
+    # block body
+    norm: str = "rmsnorm"
+    activation: str = "gelu"
+    rope: bool = True              # rotary position embeddings; False = learned absolute positions
+    rope_base: float = 10000.0
+    tie_embeddings: bool = True    # LM head shares the token embedding matrix
+    init_std: float = 0.02
+
+    def __post_init__(self):
+        _validate(self)
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_head
+
+    @property
+    def n_groups(self) -> int:
+        """Number of independently halting loop groups: 1 for stack scope, n_layer for layer scope."""
+        return 1 if self.loop_scope == "stack" else self.n_layer
+
+    def group_blocks(self, g: int) -> list[int]:
+        """Indices of the core blocks that loop together in group g."""
+        return list(range(self.n_layer)) if self.loop_scope == "stack" else [g]
+
+    def replace(self, **changes) -> "LoopConfig":
+        """A copy with some fields changed (validated again)."""
+        unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
+        if unknown:
+            raise ValueError(f"unknown LoopConfig field(s) {unknown}; known fields: {field_names()}")
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LoopConfig":
+        unknown = sorted(set(d) - set(field_names()))
+        if unknown:
+            raise ValueError(f"unknown LoopConfig field(s) {unknown}; known fields: {field_names()}")
+        return cls(**d)
+
+
+def field_names() -> list[str]:
+    return [f.name for f in dataclasses.fields(LoopConfig)]
+
+
+def _fail(name, value, accepted):
+    raise ValueError(f"LoopConfig.{name}={value!r} is invalid: expected {accepted}")
+
+
+def _validate(c: LoopConfig) -> None:
+    for f in dataclasses.fields(c):
+        v = getattr(c, f.name)
+        if f.type in ("int", int) and (isinstance(v, bool) or not isinstance(v, int)):
+            _fail(f.name, v, "an int")
+        if f.type in ("float", float) and (isinstance(v, bool) or not isinstance(v, (int, float))):
+            _fail(f.name, v, "a number")
+        if f.type in ("bool", bool) and not isinstance(v, bool):
+            _fail(f.name, v, "True or False")
+    for name in ("vocab_size", "block_size", "d_model", "n_head", "mlp_ratio", "max_loops", "min_loops", "n_layer"):
+        if getattr(c, name) < 1:
+            _fail(name, getattr(c, name), "an int >= 1")
+    for name in ("n_prelude", "n_coda"):
+        if getattr(c, name) < 0:
+            _fail(name, getattr(c, name), "an int >= 0")
+    if c.d_model % c.n_head:
+        _fail("n_head", c.n_head, f"a divisor of d_model={c.d_model}")
+    if c.rope and c.head_dim % 2:
+        _fail("d_model", c.d_model, f"d_model / n_head even for RoPE (head_dim={c.head_dim})")
+    if c.min_loops > c.max_loops:
+        _fail("min_loops", c.min_loops, f"an int in [1, max_loops={c.max_loops}]")
+    for name, options in (("loop_scope", LOOP_SCOPES), ("halt", HALT_MODES), ("input_injection", INJECTIONS),
+                          ("norm", NORMS), ("activation", ACTIVATIONS)):
+        if getattr(c, name) not in options:
+            _fail(name, getattr(c, name), f"one of {options}")
+    if not 0 < c.act_eps < 1:
+        _fail("act_eps", c.act_eps, "a number in (0, 1)")
+    if not 0 < c.pondernet_prior < 1:
+        _fail("pondernet_prior", c.pondernet_prior, "a number in (0, 1)")
+    for name in ("halt_penalty", "pondernet_beta", "converge_tol", "init_std"):
+        if getattr(c, name) < 0:
+            _fail(name, getattr(c, name), "a number >= 0")
+    if c.rope_base <= 0:
+        _fail("rope_base", c.rope_base, "a number > 0")
+
+
+# Presets. Parameter counts follow Kaplan et al.: the "100m"/"400m" in a name counts the
+# non-embedding parameters (unique ones for the looped model, effective=unrolled at max depth).
+_GPT2 = dict(vocab_size=50304, block_size=1024, d_model=1024, n_head=16)
+PRESETS: dict[str, LoopConfig] = {
+    # a few seconds a step in numpy: for tests, tutorials and the CPU default run
+    "tiny": LoopConfig(),
+    # 8 unique blocks (~101M non-embedding params), core of 6 looped up to 4 times = 26 effective blocks
+    "looped-100m": LoopConfig(**_GPT2, n_prelude=1, n_layer=6, n_coda=1, max_loops=4),
+    # same unique parameters as looped-100m, no looping
+    "dense-100m": LoopConfig(**_GPT2, n_prelude=0, n_layer=8, n_coda=0, max_loops=1, halt="fixed",
+                             loop_scope="layer", step_scale_init=1.0),
+    # same training FLOPs per token as looped-100m at its full depth of 4 (= iso_flop_dense(looped-100m, 4))
+    "dense-400m": LoopConfig(**_GPT2, n_prelude=0, n_layer=26, n_coda=0, max_loops=1, halt="fixed",
+                             loop_scope="layer", step_scale_init=1.0),
+}
+
+
+def get_preset(name: str, **overrides) -> LoopConfig:
+    """The named preset, with optional field overrides."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    return PRESETS[name].replace(**overrides) if overrides else PRESETS[name]
