@@ -87,19 +87,21 @@ def act_backward(h, eps, min_loops, dweights, dponder):
 
 
 def geometric_prior(K, prior, min_loops=1, xp=None, dtype=None):
-    """Truncated geometric prior on steps min_loops..K: q_n proportional to lambda_p (1 - lambda_p)^(n - min_loops)."""
+    """The truncated geometric prior: the halting distribution of a constant lambda_n = lambda_p from step
+    min_loops on, the last step K taking the remaining mass (the same truncation as `pondernet`):
+    q_n = lambda_p (1 - lambda_p)^(n - min_loops) for min_loops <= n < K, q_K = (1 - lambda_p)^(K - min_loops)."""
     import numpy as np
     xp = xp or np
     n = xp.arange(1, K + 1, dtype=xp.float64)
     q = xp.where(n >= min_loops, prior * (1.0 - prior) ** (n - min_loops), 0.0)
-    q = q / xp.sum(q)
+    q[-1] = (1.0 - prior) ** (K - min_loops)
     return q if dtype is None else q.astype(dtype)
 
 
 def pondernet(lam, eps=0.01, min_loops=1, prior=0.5) -> Halting:
     """PonderNet (Banino et al. 2021, eq. 2): p_n = lambda_n prod_{j<n} (1 - lambda_j), the last step taking
     the remaining mass so that sum_n p_n = 1. N = first n >= min_loops whose survival prod_{j<=n}(1 - lambda_j)
-    falls to eps or below. ponder cost = E[n] = sum_n n p_n; kl = KL(p || truncated geometric(prior)).
+    falls to eps or below. ponder cost = E[n] = sum_n n p_n; kl = KL(p || geometric_prior(K, prior, min_loops)).
     """
     xp = xp_of(lam)
     K = lam.shape[-1]
@@ -164,8 +166,9 @@ def fixed(shape, K, xp=None, dtype=None) -> Halting:
     """Every token runs all K steps; the output is the last state."""
     import numpy as np
     xp = xp or np
+    dtype = dtype or xp.float64
     n_steps = xp.full(shape, K, dtype=xp.int64)
-    return _one_hot(xp, n_steps, K, dtype or xp.float64, margin=xp.full(shape, math.inf))
+    return _one_hot(xp, n_steps, K, dtype, margin=xp.full(shape, math.inf, dtype=dtype))
 
 
 def _one_hot(xp, n_steps, K, dtype, margin):

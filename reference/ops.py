@@ -222,5 +222,5 @@ def cross_entropy_backward(dloss, cache):
     xp = xp_of(logp)
     dlogits = xp.exp(logp)
     onehot = xp.arange(logp.shape[-1])[None, None, :] == safe[..., None]
-    dlogits = (dlogits - onehot) * (valid[..., None] * (dloss / n_valid))
-    return dlogits
+    scale = (valid[..., None] * (dloss / n_valid)).astype(logp.dtype)  # keep the dtype we were given
+    return (dlogits - onehot) * scale

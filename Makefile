@@ -1,0 +1,29 @@
+# adaloop: the two set-up commands are `make train` and `make test`; both install what they need first.
+PYTHON ?= python3
+PIP = $(PYTHON) -m pip
+
+.PHONY: install train test equivalence docs serve clean
+
+# CPU-first: a machine without torch gets the pinned CPU build (torch==2.13.0); a machine that already has
+# torch (for instance a CUDA build installed as the README says) keeps it.
+install:
+	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install --quiet "torch==2.13.0"
+	$(PIP) install --quiet -e ".[dev,docs]"
+
+train: install
+	$(PYTHON) -m reference.train
+
+test: install
+	$(PYTHON) -m pytest -q
+
+equivalence: install
+	$(PYTHON) -m pytest -q -k equivalence
+
+docs: install
+	$(PYTHON) -m mkdocs build --strict
+
+serve: install
+	$(PYTHON) -m mkdocs serve
+
+clean:
+	rm -rf site .pytest_cache .hypothesis build *.egg-info
