@@ -99,9 +99,10 @@ def geometric_prior(K, prior, min_loops=1, xp=None, dtype=None):
 
 
 def pondernet(lam, eps=0.01, min_loops=1, prior=0.5) -> Halting:
-    """PonderNet (Banino et al. 2021, eq. 2): p_n = lambda_n prod_{j<n} (1 - lambda_j), the last step taking
-    the remaining mass so that sum_n p_n = 1. N = first n >= min_loops whose survival prod_{j<=n}(1 - lambda_j)
-    falls to eps or below. ponder cost = E[n] = sum_n n p_n; kl = KL(p || geometric_prior(K, prior, min_loops)).
+    """PonderNet (Banino et al. 2021, eq. 2): `p_n = lambda_n prod_{j < n} (1 - lambda_j)`, the last step taking
+    the remaining mass so that `sum_n p_n = 1`. N is the first `n >= min_loops` whose survival
+    `S_n = prod_{j <= n} (1 - lambda_j)` falls to eps or below (the same eps as ACT's `act_eps`).
+    ponder cost = `E[n] = sum_n n p_n`; kl = `KL(p || geometric_prior(K, prior, min_loops))`.
     """
     xp = xp_of(lam)
     K = lam.shape[-1]
