@@ -11,7 +11,7 @@ install:
 	$(PIP) install --quiet -e ".[dev,docs]"
 
 train: install
-	$(PYTHON) -m reference.train
+	$(PYTHON) -m gpu.train
 
 test: install
 	$(PYTHON) -m pytest -q

@@ -39,7 +39,7 @@ class LoopConfig:
     halt: str = "act"              # fixed | act | pondernet | converge
     act_eps: float = 0.01          # ACT halts once the cumulative halting sum reaches 1 - eps
     halt_bias_init: float = 1.0    # Graves 2016 uses +1 (halt early); "deep start" uses -3
-    halt_penalty: float = 0.01     # tau: weight of the mean ponder cost in the loss
+    halt_penalty: float = 0.001    # tau: weight of the mean ponder cost in the loss (0.01 collapses tiny to depth 1)
     pondernet_prior: float = 0.5   # lambda_p of the truncated geometric prior
     pondernet_beta: float = 0.01   # beta: weight of KL(p || prior) in the loss
     converge_tol: float = 0.05     # converge halts once ||s_k - s_{k-1}|| / ||s_{k-1}|| < tol

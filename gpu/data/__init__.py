@@ -13,8 +13,8 @@ Commands (`python -m gpu.data --help`): `bundled` (summary of the bundled corpus
 """
 import os
 
-from .shards import (as_uint16, check_vocab, load_manifest, load_split, sample_batch, topic_names,  # noqa: F401
-                     write_bin)
+from .shards import (as_uint16, check_vocab, fixed_windows, load_manifest, load_split, sample_batch,  # noqa: F401
+                     topic_names, write_bin)
 from .tokenizer import EOT, gpt2_tokenizer, load_tokenizer, train_bpe  # noqa: F401
 
 BUNDLED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bundled")

@@ -137,3 +137,16 @@ def sample_batch(tokens, topics, batch_size, seq_len, rng):
     w = np.asarray(tokens[idx], dtype=np.int64)                     # (B, T+1)
     t = None if topics is None else np.asarray(topics[idx[:, 1:]], dtype=np.int64)  # (B, T)
     return w[:, :-1], w[:, 1:], t
+
+
+def fixed_windows(tokens, topics, n_windows, seq_len):
+    """n_windows evenly spaced windows over a whole split (same layout as sample_batch): a deterministic
+    evaluation set that covers every part of the split in proportion to its size."""
+    n = len(tokens)
+    if n <= seq_len:
+        raise ValueError(f"split has {n} tokens, too few for seq_len={seq_len}; use a shorter seq_len or more data")
+    start = np.linspace(0, n - seq_len - 1, n_windows).astype(np.int64)  # (B,)
+    idx = start[:, None] + np.arange(seq_len + 1)                          # (B, T+1)
+    w = np.asarray(tokens[idx], dtype=np.int64)
+    t = None if topics is None else np.asarray(topics[idx[:, 1:]], dtype=np.int64)
+    return w[:, :-1], w[:, 1:], t

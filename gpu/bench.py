@@ -1,0 +1,126 @@
+"""Benchmarks (commands, not tests): `python -m gpu.bench train --preset looped-100m --device cuda`.
+
+Prints tokens/s, achieved FLOP/s at the realized depth and MFU against a stated peak. On the CPU it also
+times the numpy reference's training step on the same config and batch, in the same run, and prints the
+ratio (timings on a shared machine are noisy: compare ratios measured side by side, not absolute times).
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+import reference
+from reference.accounting import PEAK_FLOPS, flops_per_token, param_counts
+from reference.config import PRESETS, get_preset
+from reference.optim import AdamW
+
+from .model import from_reference
+
+
+def device_peak(device: torch.device) -> tuple[str, float | None]:
+    """(device name, its dense bf16 peak FLOP/s from reference.accounting.PEAK_FLOPS, or None if unknown)."""
+    if device.type != "cuda":
+        return "cpu", None
+    name = torch.cuda.get_device_name(device)
+    for key, peak in PEAK_FLOPS.items():
+        if all(part.lower() in name.lower() for part in key.split("-")):
+            return name, peak
+    return name, None
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_torch_steps(model, optimizer, x, y, steps, warmup, device, dtype):
+    """Seconds per optimizer step (median of `steps` timed after `warmup`) and the mean realized depth."""
+    ctx = torch.autocast(device.type, dtype=torch.bfloat16) if dtype == "bfloat16" else torch.autocast(device.type, enabled=False)
+    times, depth = [], 0.0
+    for i in range(warmup + steps):
+        _sync(device)
+        t = time.perf_counter()
+        with ctx:
+            _, loss, aux = model(x, y)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        _sync(device)
+        if i >= warmup:
+            times.append(time.perf_counter() - t)
+            depth = float(aux["n_steps"].float().mean())
+    return float(np.median(times)), depth
+
+
+def time_reference_steps(cfg, x, y, steps):
+    """Seconds per numpy reference training step (forward, backward, AdamW), median after one warm-up step."""
+    params = reference.init_params(cfg, 0, "float32")
+    opt = AdamW(params, lr=1e-3)
+    times = []
+    for _ in range(steps + 1):
+        t = time.perf_counter()
+        _, grads = reference.loss_and_grads(params, x, y, cfg)
+        opt.step(grads)
+        times.append(time.perf_counter() - t)
+    return float(np.median(times[1:]))
+
+
+def bench_train(args):
+    overrides = {"halt": args.halt} if args.halt else {}
+    if args.max_loops:
+        overrides["max_loops"] = args.max_loops
+    cfg = get_preset(args.preset, **overrides)
+    device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    seq_len = args.seq_len or cfg.block_size
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, cfg.vocab_size, (args.batch_size, seq_len))
+    y = rng.integers(0, cfg.vocab_size, (args.batch_size, seq_len))
+    model = from_reference(reference.init_params(cfg, 0, "float32"), cfg).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
+    runner = torch.compile(model) if args.compile else model
+    xt, yt = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
+    sec, depth = time_torch_steps(runner, optimizer, xt, yt, args.steps, args.warmup, device, args.dtype)
+    tok_s = args.batch_size * seq_len / sec
+    fpt = flops_per_token(cfg, max(depth, 1e-9), seq_len)
+    name, peak = device_peak(device)
+    peak = args.peak_flops or peak
+    print(f"device: {name} | torch {torch.__version__} | preset {args.preset} (halt={cfg.halt}, max_loops="
+          f"{cfg.max_loops}) | {param_counts(cfg)['unique'] / 1e6:.1f}M params | batch {args.batch_size} x {seq_len} "
+          f"| dtype {args.dtype} | compile {args.compile}")
+    print(f"torch step: {sec * 1e3:.1f} ms | {tok_s:,.0f} tokens/s | realized mean depth {depth:.2f} | "
+          f"{fpt * tok_s / 1e12:.2f} TFLOP/s achieved"
+          + (f" | MFU {fpt * tok_s / peak:.1%} of {peak / 1e12:.0f} TFLOP/s" if peak else
+             " | MFU: no stated peak for this device (pass --peak-flops)"))
+    if device.type == "cpu" and not args.skip_reference:
+        ref_sec = time_reference_steps(cfg, x, y, args.ref_steps)
+        print(f"numpy reference step: {ref_sec * 1e3:.1f} ms | torch is {ref_sec / sec:.2f}x faster "
+              f"(same config and batch, measured in this run)")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m gpu.bench", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="what", required=True)
+    t = sub.add_parser("train", help="time training steps")
+    t.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
+    t.add_argument("--halt", default=None, help="override the halting mode, e.g. fixed or act")
+    t.add_argument("--max-loops", type=int, default=None)
+    t.add_argument("--device", default="auto")
+    t.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    t.add_argument("--compile", action="store_true")
+    t.add_argument("--batch-size", type=int, default=8)
+    t.add_argument("--seq-len", type=int, default=0, help="0 = block_size")
+    t.add_argument("--steps", type=int, default=10)
+    t.add_argument("--warmup", type=int, default=3)
+    t.add_argument("--ref-steps", type=int, default=3, help="numpy reference steps timed on CPU")
+    t.add_argument("--skip-reference", action="store_true")
+    t.add_argument("--peak-flops", type=float, default=None, help="peak FLOP/s for the MFU (default: known GPUs)")
+    args = ap.parse_args(argv)
+    bench_train(args)
+
+
+if __name__ == "__main__":
+    main()
