@@ -184,7 +184,8 @@ def test_sigkill_leaves_a_resumable_checkpoint(tmp_path):
     assert ckpt.load_checkpoint(ckpt.latest_checkpoint(out))[3]["step"] == step + 2
 
 
-def test_torchrun_two_gloo_processes_match_one_process(tmp_path):
+@pytest.mark.parametrize("wrapper", ["ddp", "fsdp"])
+def test_torchrun_two_gloo_processes_match_one_process(tmp_path, wrapper):
     """2 processes x batch 2 and 1 process x batch 4 see the same global batches; in float64 the loss
     trajectories agree to 1e-10 (they differ only in the order the gradient sums are added up)."""
     common = ["--max-steps=4", "--eval-every=1000", "--ckpt-every=1000", "--dtype=float64", "--d-model=32",
@@ -193,7 +194,8 @@ def test_torchrun_two_gloo_processes_match_one_process(tmp_path):
     assert one.returncode == 0, one.stderr[-2000:]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                          "-m", "gpu.train", f"--out={tmp_path / 'two'}", "--batch-size=2", *common],
+                          "-m", "gpu.train", f"--out={tmp_path / 'two'}", "--batch-size=2", *common,
+                          f"--fsdp={wrapper == 'fsdp'}"],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert two.returncode == 0, two.stderr[-3000:]
     a = [r["loss"] for r in read_metrics(tmp_path / "one")]
