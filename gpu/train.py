@@ -354,7 +354,7 @@ def load_optimizer_state(model, optimizer, opt_state, tc, dist: Dist):
 def wrap_distributed(model, tc: TrainConfig, device):
     if tc.fsdp:
         from torch.distributed.fsdp import fully_shard
-        for block in list(model.blocks()) if hasattr(model, "blocks") else []:
+        for block in [*model.prelude, *model.core, *model.coda]:  # shard block by block, then the rest
             fully_shard(block)
         fully_shard(model)
         return model

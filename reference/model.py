@@ -88,7 +88,9 @@ def check_tokens(tokens, cfg: LoopConfig, name="tokens") -> None:
         raise ValueError(f"{name} must be a 2-D integer array (batch, time); got shape {getattr(tokens, 'shape', None)}")
     if tokens.dtype.kind not in "iu":
         raise ValueError(f"{name} must hold integer token ids; got dtype {tokens.dtype}")
-    T = tokens.shape[1]
+    B, T = tokens.shape
+    if B < 1:
+        raise ValueError(f"{name} hold an empty batch (shape {tokens.shape}): give at least one sequence")
     if T < 1 or T > cfg.block_size:
         raise ValueError(f"{name} has length {T}, must be in [1, block_size={cfg.block_size}]: "
                          f"cut the sequence or raise block_size")
@@ -147,9 +149,16 @@ def halting_loss_terms(aux, cfg):
     return ponder, kl
 
 
+def check_targets(targets, tokens, cfg: LoopConfig) -> None:
+    """Targets: like tokens (ids may also be -1, ignored by the loss) and of the same shape."""
+    check_tokens(targets, cfg, "targets")
+    if targets.shape != tokens.shape:
+        raise ValueError(f"targets shape {targets.shape} differs from tokens shape {tokens.shape}")
+
+
 def loss(params, tokens, targets, cfg: LoopConfig):
     """Forward-only loss (what loss_and_grads differentiates) and its parts."""
-    check_tokens(targets, cfg, "targets")
+    check_targets(targets, tokens, cfg)
     logits, aux = forward(params, tokens, cfg)
     ce, _ = ops.cross_entropy_forward(logits, targets)
     ponder, kl = halting_loss_terms(aux, cfg)
@@ -158,9 +167,7 @@ def loss(params, tokens, targets, cfg: LoopConfig):
 
 def forward_backward(params, tokens, targets, cfg: LoopConfig):
     """(loss, grads, logits, aux): everything one training step needs, from one forward pass."""
-    check_tokens(targets, cfg, "targets")
-    if targets.shape != tokens.shape:
-        raise ValueError(f"targets shape {targets.shape} differs from tokens shape {tokens.shape}")
+    check_targets(targets, tokens, cfg)
     logits, aux, (c_emb, c_pre, c_loops, c_coda, c_norm, c_head, T) = forward(params, tokens, cfg, _keep_cache=True)
     ce, c_ce = ops.cross_entropy_forward(logits, targets)
     ponder, kl = halting_loss_terms(aux, cfg)

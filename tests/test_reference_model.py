@@ -170,6 +170,10 @@ def test_bad_tokens_get_clear_errors():
         R.forward(params, np.zeros((1, 5)), cfg)
     with pytest.raises(ValueError, match="targets"):
         R.loss_and_grads(params, np.zeros((1, 5), dtype=int), np.full((1, 5), 99), cfg)
+    with pytest.raises(ValueError, match="targets shape"):
+        R.loss(params, np.zeros((2, 5), dtype=int), np.zeros((1, 5), dtype=int), cfg)
+    with pytest.raises(ValueError, match="empty batch"):
+        R.forward(params, np.zeros((0, 4), dtype=int), cfg)
 
 
 def test_bad_params_list_every_mismatch():
