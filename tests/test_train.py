@@ -202,3 +202,14 @@ def test_torchrun_two_gloo_processes_match_one_process(tmp_path, wrapper):
     b = [r["loss"] for r in read_metrics(tmp_path / "two")]
     assert len(a) == len(b) == 4
     np.testing.assert_allclose(b, a, rtol=1e-10)
+
+
+def test_collapsed_halting_is_flagged(tmp_path, capsys):
+    """A halting bias of +20 makes every token stop at min_loops: after collapse_patience evals, a warning."""
+    tc, mc = small_run(tmp_path / "run", max_steps=3, eval_every=1, collapse_patience=2)
+    run(tc, mc.replace(halt_bias_init=20.0))
+    out = capsys.readouterr().out
+    assert "halting has collapsed: >=95% of tokens stop at min_loops=1 for 2 evals in a row" in out
+    tc, mc = small_run(tmp_path / "fixed", max_steps=3, eval_every=1, collapse_patience=2)
+    run(tc, mc.replace(halt="fixed"))  # fixed depth is not a collapse
+    assert "halting has collapsed" not in capsys.readouterr().out
