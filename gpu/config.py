@@ -19,6 +19,7 @@ class TrainConfig:
     device: str = "auto"            # auto | cpu | cuda | cuda:N
     dtype: str = "float32"          # float32 | bfloat16 (autocast; weights stay float32) | float64
     compile: bool = False           # torch.compile the model (CUDA; fixed depth compiles without graph breaks)
+    threads: int = 0                # CPU threads for torch; 0 = all cores but one (a busy core stalls every op)
     batch_size: int = 16            # sequences per optimizer step and process, before accumulation
     seq_len: int = 0                # 0 = the model's block_size
     grad_accum: int = 1             # micro-batches per optimizer step
@@ -48,8 +49,8 @@ class TrainConfig:
                      "ckpt_every", "keep_last", "collapse_patience"):
             if getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig.{name}={getattr(self, name)} is invalid: expected an int >= 1")
-        if self.seq_len < 0 or self.warmup < 0:
-            raise ValueError("TrainConfig.seq_len and warmup must be >= 0")
+        if self.seq_len < 0 or self.warmup < 0 or self.threads < 0:
+            raise ValueError("TrainConfig.seq_len, warmup and threads must be >= 0")
         if self.dtype not in ("float32", "bfloat16", "float64"):
             raise ValueError(f"TrainConfig.dtype={self.dtype!r} is invalid: expected float32, bfloat16 or float64")
         if self.preset not in PRESETS:
@@ -60,7 +61,7 @@ class TrainConfig:
 
 
 # Fields that may differ when resuming: they change how a run is watched, not what it computes.
-RESUMABLE_CHANGES = {"out", "device", "compile", "max_steps", "eval_every", "log_every", "ckpt_every", "keep_last",
+RESUMABLE_CHANGES = {"out", "device", "compile", "threads", "max_steps", "eval_every", "log_every", "ckpt_every", "keep_last",
                      "collapse_patience", "tensorboard", "resume", "progress", "eval_batches"}
 
 

@@ -58,6 +58,15 @@ class Dist:
             torch.distributed.destroy_process_group()
 
 
+def cpu_threads(requested: int, world: int) -> int:
+    """Intra-op threads per process on the CPU. Auto leaves one core free: when every core runs one of torch's
+    threads and another process takes a core, each parallel op waits for the descheduled thread, and a step
+    measured at 36 ms became 3.5 s on a 2-core machine (docs/benchmarks.md)."""
+    if requested:
+        return requested
+    return max(1, ((os.cpu_count() or 1) - 1) // world)
+
+
 def resolve_device(name: str, dist: Dist) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
@@ -206,6 +215,8 @@ def run(tc: TrainConfig, mc, explicit_model_fields: set = frozenset()) -> dict:
 
 def _run(tc: TrainConfig, mc, explicit, dist: Dist) -> dict:
     device = resolve_device(tc.device, dist)
+    if device.type == "cpu":
+        torch.set_num_threads(cpu_threads(tc.threads, dist.world))
     if device.type == "cuda":
         torch.cuda.set_device(device)
         torch.backends.cuda.matmul.allow_tf32 = True
