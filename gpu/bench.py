@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 import reference
-from reference.accounting import PEAK_FLOPS, flops_per_token, param_counts
+from reference.accounting import flops_per_token, param_counts, peak_flops
 from reference.config import PRESETS, get_preset
 from reference.optim import AdamW
 
@@ -21,14 +21,11 @@ from .model import from_reference
 
 
 def device_peak(device: torch.device) -> tuple[str, float | None]:
-    """(device name, its dense bf16 peak FLOP/s from reference.accounting.PEAK_FLOPS, or None if unknown)."""
+    """(device name, its dense bf16 peak FLOP/s from reference.accounting.peak_flops, or None if unknown)."""
     if device.type != "cuda":
         return "cpu", None
     name = torch.cuda.get_device_name(device)
-    for key, peak in PEAK_FLOPS.items():
-        if all(part.lower() in name.lower() for part in key.split("-")):
-            return name, peak
-    return name, None
+    return name, peak_flops(name)
 
 
 def _sync(device):

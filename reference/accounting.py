@@ -15,11 +15,17 @@ from __future__ import annotations
 from .config import LoopConfig
 from .model import param_shapes
 
-# Dense bf16 tensor-core peaks (FLOP/s) of common accelerators, from the vendors' datasheets.
+# Dense bf16 tensor-core peaks (FLOP/s) from the vendors' datasheets, keyed by a part of the device name
+# (torch.cuda.get_device_name); the first key found in the name wins, so specific keys come first.
 PEAK_FLOPS = {
-    "H100-SXM": 989e12, "H100-PCIe": 756e12, "H200": 989e12, "A100": 312e12,
-    "L4": 121e12, "RTX-4090": 165e12, "RTX-4070": 58e12,
+    "H200": 989e12, "H100 PCIe": 756e12, "H100": 989e12, "A100": 312e12,
+    "RTX 4090": 165e12, "RTX 4070": 58e12,
 }
+
+
+def peak_flops(device_name: str) -> float | None:
+    """The stated bf16 peak of a device from its name, e.g. 'NVIDIA H100 80GB HBM3' -> 989e12; None if unknown."""
+    return next((peak for key, peak in PEAK_FLOPS.items() if key.lower() in device_name.lower()), None)
 
 
 def _numel(shape) -> int:

@@ -48,6 +48,14 @@ def test_flops_scale_with_realized_depth():
         A.flops_per_token(cfg, 5)
 
 
+def test_peak_flops_by_device_name():
+    assert A.peak_flops("NVIDIA H100 80GB HBM3") == 989e12
+    assert A.peak_flops("NVIDIA H100 PCIe") == 756e12
+    assert A.peak_flops("NVIDIA H200") == 989e12
+    assert A.peak_flops("NVIDIA A100-SXM4-80GB") == 312e12
+    assert A.peak_flops("some CPU") is None
+
+
 def test_mfu():
     assert A.mfu(1e9, 1e5, 1e15) == pytest.approx(0.1)
     with pytest.raises(ValueError, match="peak_flops"):
