@@ -1,0 +1,165 @@
+"""`python -m gpu.experiments iso-flop`: a looped model against dense models at equal training FLOPs.
+
+Three models of the same width train on the same data (the bundled corpus by default) with the same batch,
+learning rate schedule and evaluation windows, each for as many steps as the FLOP budget buys:
+
+    looped     n_prelude + n_layer (looped K times) + n_coda blocks                     (the model under test)
+    dense-1x   the same unique blocks, each run once (same parameters, fewer FLOPs per token: more steps)
+    dense-Kx   reference.accounting.iso_flop_dense(looped): the dense depth with the looped model's FLOPs per token
+
+budget = flops_per_token(looped, full depth K) * tokens per step * --looped-steps; a model with F FLOPs per token
+gets round(budget / (F * tokens per step)) steps (FLOPs as reference.accounting counts them: 3x forward).
+Reported: final validation cross-entropy of each, and the share of the dense-1x -> dense-Kx gap the looped model
+closes, (CE_1x - CE_looped) / (CE_1x - CE_Kx): 0 = no better than its own unique layers, 1 = as good as the
+deep dense model (undefined when dense-Kx is not better than dense-1x at this budget).
+Writes OUT/{looped,dense-1x,dense-Kx}[-seedS]/ (run folders) and OUT/analysis/iso_flop.{csv,md,png}.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+
+from reference.accounting import flops_per_token, iso_flop_dense, param_counts
+from reference.config import LoopConfig
+
+from .stats import markdown_table
+
+
+def models(d_model=64, n_head=4, block_size=64, n_prelude=1, n_layer=1, n_coda=1, loops=4, halt="fixed",
+           **model_kw) -> dict[str, LoopConfig]:
+    """The three configs: looped, dense with the same unique blocks, dense with the looped FLOPs per token."""
+    looped = LoopConfig(d_model=d_model, n_head=n_head, block_size=block_size, n_prelude=n_prelude, n_layer=n_layer,
+                        n_coda=n_coda, max_loops=loops, halt=halt, **model_kw)
+    dense = dict(n_prelude=0, n_coda=0, max_loops=1, min_loops=1, halt="fixed", loop_scope="layer",
+                 input_injection="none", step_scale_init=1.0)
+    return {"looped": looped,
+            "dense-1x": looped.replace(n_layer=n_prelude + n_layer + n_coda, **dense),
+            "dense-Kx": iso_flop_dense(looped)}
+
+
+def _finished(run_dir, tc_dict, mc_dict) -> dict | None:
+    """The last eval record of a finished run with exactly these configs, else None."""
+    path = os.path.join(run_dir, "config.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        saved = json.load(f)
+    evals = []
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        evals = [r for r in map(json.loads, f) if r["type"] == "eval"]
+    same = saved["model"] == mc_dict and {k: v for k, v in saved["train"].items() if k != "progress"} == \
+        {k: v for k, v in tc_dict.items() if k != "progress"}
+    if not same:
+        raise ValueError(f"{run_dir!r} holds a run with other settings: choose another --out")
+    return evals[-1] if evals and evals[-1]["step"] == tc_dict["max_steps"] else None
+
+
+def eval_curve(run_dir) -> list[dict]:
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        return [r for r in map(json.loads, f) if r["type"] == "eval"]
+
+
+def iso_flop(out: str, looped_steps: int = 1500, batch_size: int = 16, lr: float = 3e-3, data: str = "bundled",
+             seeds=(0,), eval_points: int = 5, progress: bool = True, **model_kw) -> dict:
+    """Train the three models at equal training FLOPs (see the module docstring) and write the comparison."""
+    from .config import TrainConfig
+    from .data import load_manifest
+    from .probe import resolve_data
+    from .train import run
+    cfgs = models(**model_kw)
+    vocab = int(load_manifest(resolve_data(data))["vocab_size"])
+    cfgs = {k: c.replace(vocab_size=vocab) for k, c in cfgs.items()}
+    seq = cfgs["looped"].block_size
+    tokens_per_step = batch_size * seq
+    budget = flops_per_token(cfgs["looped"], seq_len=seq) * tokens_per_step * looped_steps
+    rows, curves = [], {}
+    for seed in seeds:
+        for name, mc in cfgs.items():
+            f = flops_per_token(mc, seq_len=seq)
+            steps = max(1, round(budget / (f * tokens_per_step)))
+            tc = TrainConfig(out=os.path.join(out, name + (f"-seed{seed}" if len(seeds) > 1 else "")), data=data,
+                             max_steps=steps, batch_size=batch_size, lr=lr, warmup=min(40, steps // 10),
+                             eval_every=max(1, steps // eval_points), ckpt_every=steps, seed=seed, progress=progress)
+            ev = _finished(tc.out, tc.to_dict(), mc.to_dict())
+            if ev is None:
+                print(f"iso-flop: training {name} (seed {seed}): {steps} steps x {tokens_per_step} tokens x "
+                      f"{f / 1e6:.2f} MFLOP/token", flush=True)
+                ev = run(tc, mc)
+            pc = param_counts(mc)
+            rows.append(dict(model=name, seed=seed, blocks=mc.n_prelude + mc.n_layer + mc.n_coda,
+                             effective_depth=mc.n_prelude + mc.n_layer * mc.max_loops + mc.n_coda,
+                             params=pc["unique"], non_embedding_params=pc["non_embedding"],
+                             train_mflops_per_token=f / 1e6, steps=steps, tokens=steps * tokens_per_step,
+                             train_pflops=steps * tokens_per_step * f / 1e15, val_ce=ev["val_ce"],
+                             mean_depth=ev["mean_depth"]))
+            curves[(name, seed)] = [(r["step"] * tokens_per_step * f, r["val_ce"]) for r in eval_curve(tc.out)]
+    mean = {n: float(np.mean([r["val_ce"] for r in rows if r["model"] == n])) for n in cfgs}
+    gap = mean["dense-1x"] - mean["dense-Kx"]
+    closed = (mean["dense-1x"] - mean["looped"]) / gap if gap > 0 else float("nan")
+    summary = dict(seeds=len(seeds), budget_pflops=budget / 1e15, ce_looped=mean["looped"],
+                   ce_dense_1x=mean["dense-1x"], ce_dense_Kx=mean["dense-Kx"], gap_1x_minus_Kx=gap, gap_closed=closed)
+    lc = cfgs["looped"]
+    md = (f"# Iso-FLOP comparison\n\nlooped: d_model {lc.d_model}, {lc.n_prelude} prelude + {lc.n_layer} core x "
+          f"{lc.max_loops} loops ({lc.halt} halting) + {lc.n_coda} coda; data `{data}`; batch {batch_size} x {seq} "
+          f"tokens; lr {lr}; budget {budget / 1e15:.4f} PFLOP of training per model and seed ({looped_steps} looped "
+          f"steps).\n\n" + markdown_table(rows, digits=4) + "\n## Summary (means over seeds)\n\n"
+          + markdown_table([summary], digits=4)
+          + ("\nShare of the dense-1x -> dense-Kx gap closed by the looped model: "
+             + (f"**{closed:.2f}**" if gap > 0 else "undefined: dense-Kx is not better than dense-1x at this budget")
+             + ".\n"))
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    colours = {"looped": "#c44e52", "dense-1x": "#4c72b0", "dense-Kx": "#55a868"}
+    for (name, seed), pts in curves.items():
+        ax.plot([p[0] / 1e15 for p in pts], [p[1] for p in pts], "o-", color=colours[name],
+                label=name if seed == seeds[0] else None, alpha=0.9)
+    ax.set_xlabel("training PFLOPs")
+    ax.set_ylabel("validation cross-entropy (nats)")
+    ax.set_title(f"iso-FLOP: gap closed = {closed:.2f}" if gap > 0 else "iso-FLOP")
+    ax.legend()
+    fig.tight_layout()
+    from .analyze import write_outputs
+    paths = write_outputs(out, "iso_flop", {"": rows, "summary": [summary]}, md, fig)
+    return dict(rows=rows, summary=summary, md=md, paths=paths)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m gpu.experiments", description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog=__doc__.split("\n\n", 1)[1])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("iso-flop", help="looped vs dense-1x vs dense-Kx at equal training FLOPs")
+    p.add_argument("--out", default="runs/iso-flop")
+    p.add_argument("--data", default="bundled")
+    p.add_argument("--looped-steps", type=int, default=1500, help="steps of the looped model (sets the budget)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--seeds", default="0", help="comma list")
+    p.add_argument("--eval-points", type=int, default=5, help="evaluations along each run")
+    for name, default in (("d_model", 64), ("n_head", 4), ("block_size", 64), ("n_prelude", 1), ("n_layer", 1),
+                          ("n_coda", 1), ("loops", 4)):
+        p.add_argument(f"--{name.replace('_', '-')}", type=int, default=default)
+    p.add_argument("--halt", default="fixed", help="halting of the looped model (FLOPs are counted at full depth)")
+    p.add_argument("--no-progress", action="store_true")
+    a = ap.parse_args(argv)
+    try:
+        seeds = tuple(int(s) for s in a.seeds.split(",") if s.strip())
+        res = iso_flop(a.out, a.looped_steps, a.batch_size, a.lr, a.data, seeds, a.eval_points, not a.no_progress,
+                       d_model=a.d_model, n_head=a.n_head, block_size=a.block_size, n_prelude=a.n_prelude,
+                       n_layer=a.n_layer, n_coda=a.n_coda, loops=a.loops, halt=a.halt)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(res["md"])
+    print("wrote " + ", ".join(res["paths"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,329 @@
+"""Synthetic tasks with a known, per-token difficulty: does the learned depth track it?
+
+Every task is a seeded generator of short problems, one document each (ended by <|endoftext|>), written as a
+data folder that `python -m gpu.train --data DIR` trains on. The vocabulary is character level (CHARS), and the
+per-token labels ("topics") put the difficulty in the eval's depth-by-topic report:
+
+    prompt tokens      -> "prompt"          answer tokens -> "<measure><value>" (e.g. "carry3")
+    the <|endoftext|>  -> "end"
+
+The label of token i is the label of what is *predicted* at position i-1 (gpu.data.sample_batch), so the depth
+spent at the position before an answer digit is filed under that digit's difficulty. Each folder also holds
+per-token difficulty measures ({split}.difficulty.{name}.bin, uint8, NA=255 off the answer) for
+`python -m gpu.analyze difficulty`.
+
+    addition  "00457+00385=000842"  a + b with n significant digits, zero-padded to a fixed width (--width, default
+              max_size; 0 = no padding), answer width+1 digits, most significant first (so the first answer digit
+              needs the whole carry chain). The fixed width keeps every digit at a fixed offset from its column's
+              answer digit, which a small model learns in minutes; "longer operands" then means more significant
+              digits in the same width. measures: carry_chain (length of the run of carries that ends at this
+              digit), lookback (digits to read to know the incoming carry: 1 + the run of a_j + b_j = 9 just
+              below), longest_carry_chain and operand_length (per problem).
+    parity    "10110=1"          parity of n bits. measures: length (= n), ones.
+    phop      "3:abcabd...=c"    p-hop induction (Sanford et al. 2024): from the last symbol, p times jump to the
+              token after the previous occurrence of the current token; answer = the token reached. measures: hops.
+
+    python -m gpu.tasks make addition --out runs/tasks/addition            # the data folder
+    python -m gpu.tasks train addition --out runs/addition                 # make (if needed) + train the preset
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+
+import numpy as np
+
+EOT, UNK = "<|endoftext|>", "<unk>"
+CHARS = list("0123456789+=:|?abcdefghijklmnopqrstuvwxyz")  # one token each; ids 2.. (0 = EOT, 1 = UNK)
+NA = 255  # difficulty value of a token the measure does not apply to (prompt, end)
+SPLIT_SEED = {"train": 0, "val": 1}
+
+
+# ----------------------------------------------------------------------------- tokenizer
+def vocab() -> dict[str, int]:
+    return {EOT: 0, UNK: 1, **{c: i + 2 for i, c in enumerate(CHARS)}}
+
+
+def encode(text: str) -> list[int]:
+    """Character ids; ValueError naming a character outside CHARS."""
+    v = vocab()
+    bad = sorted(set(text) - set(v))
+    if bad:
+        raise ValueError(f"characters {bad} are not in the task vocabulary {''.join(CHARS)!r}")
+    return [v[c] for c in text]
+
+
+def write_tokenizer(path) -> None:
+    """A character-level HF `tokenizers` WordLevel tokenizer (tokenizer.json) that gpu.data.load_tokenizer reads."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    tok = Tokenizer(models.WordLevel(vocab(), unk_token=UNK))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")  # every character is a word
+    tok.decoder = decoders.Fuse()  # join without spaces
+    tok.add_special_tokens([EOT, UNK])
+    tok.save(os.fspath(path), pretty=False)
+
+
+# ----------------------------------------------------------------------------- problems
+# A problem is (prompt, answer, measures): measures maps a name to a per-answer-character list of ints.
+
+def carries(a: list[int], b: list[int]) -> list[int]:
+    """c[i] = carry out of digit i (least significant first) of a + b. (n,)"""
+    out, c = [], 0
+    for x, y in zip(a, b):
+        c = int(x + y + c >= 10)
+        out.append(c)
+    return out
+
+
+def addition_problem(rng, n: int, width: int = 0):
+    """a + b with n significant digits each (n = 1 allows 0..9), written zero-padded to `width` digits (0 = n),
+    answer width+1 digits, most significant first. Per answer digit at place i (0 = units):
+    carry_chain = number of consecutive carries out of places i-1, i-2, .. (the run of carries arriving at i);
+    lookback = 0 for i = 0, else 1 + the number of consecutive places j < i just below i with a_j + b_j = 9
+    (they only pass a carry on, so the carry into i is known only further down)."""
+    width = max(width, n)
+    lo = 10 ** (n - 1) if n > 1 else 0
+    a_int, b_int = (int(v) for v in rng.integers(lo, 10 ** n, 2))
+    a = [a_int // 10 ** i % 10 for i in range(width)]  # least significant first
+    b = [b_int // 10 ** i % 10 for i in range(width)]
+    c = carries(a, b)
+    answer = f"{a_int + b_int:0{width + 1}d}"
+    chain, look = [], []
+    for i in range(width + 1):  # place i
+        run = 0
+        while run < i and c[i - 1 - run]:
+            run += 1
+        prop = 0
+        while prop < i - 1 and a[i - 1 - prop] + b[i - 1 - prop] == 9:
+            prop += 1
+        chain.append(run)
+        look.append(0 if i == 0 else 1 + prop)
+    runs, longest = 0, 0
+    for ci in c:
+        runs = runs + 1 if ci else 0
+        longest = max(longest, runs)
+    prompt = f"{a_int:0{width}d}+{b_int:0{width}d}="
+    m = dict(carry_chain=chain[::-1], lookback=look[::-1], longest_carry_chain=[longest] * (width + 1),
+             operand_length=[n] * (width + 1))  # answer order: most significant first
+    return prompt, answer, m
+
+
+def parity_problem(rng, n: int):
+    bits = rng.integers(0, 2, n)
+    return "".join(map(str, bits)) + "=", str(int(bits.sum()) % 2), dict(length=[n], ones=[int(bits.sum())])
+
+
+PHOP_ALPHABET = "abcdefghijklmnopqrstuvwxyz"
+
+
+def phop_answer(seq: str, hops: int) -> str | None:
+    """Follow `hops` hops from the last position: j = last index < i with seq[j] == seq[i], then i = j + 1.
+    None when a hop has no earlier occurrence to jump to."""
+    i = len(seq) - 1
+    for _ in range(hops):
+        j = seq.rfind(seq[i], 0, i)
+        if j < 0:
+            return None
+        i = j + 1
+    return seq[i]
+
+
+def phop_problem(rng, hops: int, length: int = 24, alphabet: int = 6):
+    """p-hop induction: `{p}:{seq}=` -> the symbol reached after p hops (resampled until every hop is defined)."""
+    letters = PHOP_ALPHABET[:alphabet]
+    while True:
+        seq = "".join(letters[k] for k in rng.integers(0, alphabet, length))
+        ans = phop_answer(seq, hops)
+        if ans is not None:
+            return f"{hops}:{seq}=", ans, dict(hops=[hops])
+
+
+# name -> (problem function, the argument drawn per problem, the measure that labels answer tokens, defaults)
+TASKS = {
+    "addition": dict(fn=addition_problem, label="carry_chain", short="carry", size_arg="n",
+                     defaults=dict(min_size=1, max_size=8)),
+    "parity": dict(fn=parity_problem, label="length", short="len", size_arg="n",
+                   defaults=dict(min_size=2, max_size=16)),
+    "phop": dict(fn=phop_problem, label="hops", short="hop", size_arg="hops",
+                 defaults=dict(min_size=1, max_size=4)),
+}
+
+
+def problems(task: str, n: int, seed: int, min_size: int | None = None, max_size: int | None = None, **kw):
+    """n seeded problems of `task`, the size (digits, bits, hops) uniform in [min_size, max_size]."""
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; choose one of {sorted(TASKS)}")
+    spec = TASKS[task]
+    lo = spec["defaults"]["min_size"] if min_size is None else min_size
+    hi = spec["defaults"]["max_size"] if max_size is None else max_size
+    if not 1 <= lo <= hi:
+        raise ValueError(f"size range [{lo}, {hi}] is invalid: need 1 <= min_size <= max_size")
+    if task == "addition" and kw.get("width") is None:
+        kw["width"] = hi  # fixed width: every problem of a folder has the same layout
+    rng = np.random.default_rng(seed)
+    return [spec["fn"](rng, int(s), **kw) for s in rng.integers(lo, hi + 1, n)]
+
+
+def label_names(task: str, max_value: int) -> list[str]:
+    """Topic names: prompt, end, then one per value 0..max_value of the task's label measure."""
+    short = TASKS[task]["short"]
+    return ["prompt", "end"] + [f"{short}{v}" for v in range(max_value + 1)]
+
+
+def encode_problems(probs, task: str, names: list[str]):
+    """Token ids, label ids and measures of a list of problems, end to end (each followed by EOT).
+    Returns (tokens (N,) uint16, labels (N,) uint8, {measure: (N,) uint8 with NA off the answers})."""
+    label_measure, short = TASKS[task]["label"], TASKS[task]["short"]
+    index = {n: i for i, n in enumerate(names)}
+    toks, labs, meas = [], [], {k: [] for k in probs[0][2]}
+    for prompt, answer, m in probs:
+        toks += encode(prompt + answer) + [0]
+        labs += [index["prompt"]] * len(prompt) + [index[f"{short}{v}"] for v in m[label_measure]] + [index["end"]]
+        for k in meas:
+            meas[k] += [NA] * len(prompt) + [min(int(v), NA - 1) for v in m[k]] + [NA]
+    return (np.asarray(toks, np.uint16), np.asarray(labs, np.uint8),
+            {k: np.asarray(v, np.uint8) for k, v in meas.items()})
+
+
+def measure_path(data_dir, split: str, name: str) -> str:
+    return os.path.join(data_dir, f"{split}.difficulty.{name}.bin")
+
+
+def write_task(task: str, out: str, n_train: int = 50000, n_val: int = 2000, seed: int = 0,
+               min_size: int | None = None, max_size: int | None = None, **kw) -> dict:
+    """Write a data folder for `task` (see the module docstring), atomically: built in a temporary folder beside
+    `out`, then renamed over it. Returns the manifest."""
+    from .data.shards import TOPIC_DTYPE, TOKEN_DTYPE, topic_path, token_path, write_bin, write_json
+    if n_train < 1 or n_val < 1:
+        raise ValueError(f"n_train={n_train}, n_val={n_val}: both must be >= 1")
+    spec = TASKS.get(task) or problems(task, 0, 0)  # problems() raises the unknown-task error
+    kw = {k: v for k, v in kw.items() if v is not None}
+    if task == "addition":
+        kw.setdefault("width", max_size if max_size is not None else spec["defaults"]["max_size"])
+    splits = {s: problems(task, n, seed * 1000 + SPLIT_SEED[s], min_size, max_size, **kw)
+              for s, n in (("train", n_train), ("val", n_val))}
+    max_value = max(v for probs in splits.values() for p in probs for v in p[2][spec["label"]])
+    names = label_names(task, max_value)
+    parent = os.path.dirname(os.path.abspath(out))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=parent, prefix=f".tmp-{os.path.basename(out)}-")
+    try:
+        counts = {}
+        for split, probs in splits.items():
+            toks, labs, meas = encode_problems(probs, task, names)
+            write_bin(token_path(tmp, split), [toks], TOKEN_DTYPE)
+            write_bin(topic_path(tmp, split), [labs], TOPIC_DTYPE)
+            for k, v in meas.items():
+                write_bin(measure_path(tmp, split, k), [v], np.uint8)
+            counts[split] = {"documents": len(probs), "tokens": int(len(toks))}
+        write_tokenizer(os.path.join(tmp, "tokenizer.json"))
+        sizes = dict(min_size=min_size if min_size is not None else spec["defaults"]["min_size"],
+                     max_size=max_size if max_size is not None else spec["defaults"]["max_size"])
+        manifest = {
+            "name": f"synthetic task: {task}", "format": "nanoGPT uint16 token shards + uint8 labels per token",
+            "tokenizer": "tokenizer.json", "tokenizer_kind": "character level (gpu.tasks.CHARS)",
+            "vocab_size": len(vocab()), "eot_id": 0, "eot": EOT, "topics": names, "splits": counts,
+            "task": dict(name=task, seed=seed, **sizes, **kw, size_arg=spec["size_arg"],
+                         label_measure=spec["label"], measures=sorted(splits["train"][0][2]), na=NA,
+                         command=f"python -m gpu.tasks make {task} --out {out} --seed {seed} --n-train {n_train} "
+                                 f"--n-val {n_val} --min-size {sizes['min_size']} --max-size {sizes['max_size']}"
+                                 + "".join(f" --{k.replace('_', '-')} {v}" for k, v in kw.items())),
+            "parts": [dict(topic=None, source=f"gpu.tasks {task} generator, seed {seed}", licence="generated",
+                           documents={s: c["documents"] for s, c in counts.items()},
+                           tokens={s: c["tokens"] for s, c in counts.items()})],
+        }
+        write_json(os.path.join(tmp, "manifest.json"), manifest)
+        if os.path.isdir(out):
+            if not os.path.isfile(os.path.join(out, "manifest.json")):
+                raise ValueError(f"{out!r} exists and is not a data folder: choose another --out")
+            shutil.rmtree(out)
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest
+
+
+def load_measures(data_dir, split: str) -> dict[str, np.memmap]:
+    """The per-token difficulty measures of a task folder ({} for a folder that is not a synthetic task)."""
+    from .data.shards import load_manifest
+    task = load_manifest(data_dir).get("task")
+    if not task:
+        return {}
+    return {k: np.memmap(measure_path(data_dir, split, k), dtype=np.uint8, mode="r") for k in task["measures"]}
+
+
+# ----------------------------------------------------------------------------- training presets
+# Small models that learn the tasks on a CPU in minutes (one thread). Halting is ACT with the project defaults;
+# only size, loops and schedule are set, so the presets say nothing about which halting setting "works".
+PRESETS = {
+    "addition": dict(model=dict(d_model=64, n_head=4, block_size=64, n_prelude=1, n_layer=1, n_coda=1, max_loops=6),
+                     train=dict(max_steps=3000, batch_size=32, lr=3e-3, warmup=100, eval_every=500,
+                                ckpt_every=500, weight_decay=0.0)),
+    "parity": dict(model=dict(d_model=64, n_head=4, block_size=64, n_prelude=1, n_layer=1, n_coda=1, max_loops=6),
+                   train=dict(max_steps=3000, batch_size=32, lr=3e-3, warmup=100, eval_every=500,
+                              ckpt_every=500, weight_decay=0.0)),
+    "phop": dict(model=dict(d_model=64, n_head=4, block_size=64, n_prelude=1, n_layer=1, n_coda=1, max_loops=6),
+                 train=dict(max_steps=3000, batch_size=32, lr=3e-3, warmup=100, eval_every=500,
+                            ckpt_every=500, weight_decay=0.0)),
+}
+
+
+def train_args(task: str, data: str, out: str) -> list[str]:
+    """The `python -m gpu.train` arguments of a task's preset."""
+    if task not in PRESETS:
+        raise ValueError(f"no training preset for task {task!r}; choose one of {sorted(PRESETS)}")
+    p = PRESETS[task]
+    fields = {**p["model"], **p["train"], "data": data, "out": out}
+    return [f"--{k.replace('_', '-')}={v}" for k, v in fields.items()]
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m gpu.tasks", description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    m = sub.add_parser("make", help="write a task's data folder")
+    t = sub.add_parser("train", help="write the data folder (unless --data exists) and train the task's preset; "
+                                     "further --field=value options go to gpu.train")
+    for p in (m, t):
+        p.add_argument("task", choices=sorted(TASKS))
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--n-train", type=int, default=50000, help="problems in the train split")
+        p.add_argument("--n-val", type=int, default=2000, help="problems in the val split")
+        p.add_argument("--min-size", type=int, default=None, help="fewest digits / bits / hops (task default)")
+        p.add_argument("--max-size", type=int, default=None, help="most digits / bits / hops (task default)")
+        p.add_argument("--width", type=int, default=None, help="addition: pad operands to this many digits "
+                                                               "(default max-size; 0 = no padding)")
+    m.add_argument("--out", required=True, help="output data folder")
+    t.add_argument("--data", default=None, help="data folder (default runs/tasks/TASK)")
+    t.add_argument("--out", required=True, help="run folder")
+    a, rest = ap.parse_known_args(argv)
+    if a.cmd == "make" and rest:
+        ap.error(f"unknown option(s) {rest}")
+    try:
+        data = getattr(a, "data", None) or f"runs/tasks/{a.task}"
+        if a.cmd == "train" and os.path.isfile(os.path.join(data, "manifest.json")):
+            print(f"using the existing data folder {data} (its own generator settings: see its manifest.json)")
+        if a.cmd == "make" or not os.path.isfile(os.path.join(data, "manifest.json")):
+            out = a.out if a.cmd == "make" else data
+            extra = dict(width=a.width) if a.task == "addition" else {}
+            if a.width is not None and a.task != "addition":
+                raise ValueError("--width applies to the addition task only")
+            man = write_task(a.task, out, a.n_train, a.n_val, a.seed, a.min_size, a.max_size, **extra)
+            print(f"{out}: {a.task}, {man['splits']['train']['tokens']} train / {man['splits']['val']['tokens']} val "
+                  f"tokens, labels {man['topics']}")
+            print("train it with: python -m gpu.train " + " ".join(train_args(a.task, out, f"runs/{a.task}")))
+        if a.cmd == "train":
+            from .train import main as train_main
+            train_main(train_args(a.task, data, a.out) + rest)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

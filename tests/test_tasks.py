@@ -1,0 +1,174 @@
+"""gpu.tasks: the synthetic generators are right (answers, difficulty labels), seeded, and write a data folder the
+data tools and `gpu.train` read. Each check recomputes the ground truth independently of the generator."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from gpu import tasks
+from gpu.data import load_split, load_tokenizer, sample_batch, topic_names
+
+
+def digits_lsb(s):
+    return [int(c) for c in reversed(s)]
+
+
+def brute_carry_chain(a, b, place):
+    """Column addition by hand: the carries out of every place, then the run arriving at `place`."""
+    carry, outs = 0, []
+    for x, y in zip(a, b):
+        carry = (x + y + carry) // 10
+        outs.append(carry)
+    run = 0
+    for j in range(place - 1, -1, -1):
+        if not outs[j]:
+            break
+        run += 1
+    return run
+
+
+def brute_lookback(a, b, place):
+    """Fewest places below `place` whose digits fix the carry into it, whatever the digits further down:
+    try every completion of the lower places."""
+    if place == 0:
+        return 0
+    for m in range(1, place + 1):
+        lo = place - m  # places lo..place-1 known; below lo: the extreme completions give the carry range
+        carries = set()
+        for low_carry in ((0, 1) if lo > 0 else (0,)):
+            c = low_carry
+            for j in range(lo, place):
+                c = (a[j] + b[j] + c) // 10
+            carries.add(c)
+        if len(carries) == 1:
+            return m
+    return place
+
+
+@pytest.mark.parametrize("seed,width", [(0, 0), (1, 0), (2, 8)])
+def test_addition_answers_and_difficulty_labels(seed, width):
+    rng = np.random.default_rng(seed)
+    for _ in range(300):
+        n = int(rng.integers(1, 9))
+        prompt, answer, m = tasks.addition_problem(rng, n, width)
+        a_str, b_str = prompt[:-1].split("+")
+        w = max(n, width)
+        assert len(a_str) == len(b_str) == w and len(answer) == w + 1
+        assert int(answer) == int(a_str) + int(b_str)
+        assert all(len(str(int(v))) == n or n == 1 for v in (a_str, b_str))  # n significant digits
+        a, b = digits_lsb(a_str), digits_lsb(b_str)
+        places = list(range(w, -1, -1))  # answer order: most significant first
+        assert m["carry_chain"] == [brute_carry_chain(a, b, p) for p in places]
+        assert m["lookback"] == [brute_lookback(a, b, p) for p in places]
+        assert m["longest_carry_chain"] == [max(m["carry_chain"])] * (w + 1)
+        assert m["operand_length"] == [n] * (w + 1)
+
+
+def test_addition_folder_has_one_width():
+    probs = tasks.problems("addition", 50, seed=0, min_size=1, max_size=5)
+    assert {len(p + a) for p, a, _ in probs} == {5 + 1 + 5 + 1 + 6}
+    assert len({len(p) for p, _, _ in tasks.problems("addition", 50, 0, 1, 5, width=0)}) > 1
+
+
+def test_known_addition_examples():
+    # 999 + 001 = 1000: carries out of places 0, 1, 2 -> chains 3, 2, 1, 0 arriving at places 3..0
+    a, b = digits_lsb("999"), digits_lsb("001")
+    assert [brute_carry_chain(a, b, p) for p in (3, 2, 1, 0)] == [3, 2, 1, 0]
+    # place sums 10, 9, 9: places 2 and 1 only pass a carry on, so place 3 must read down to place 0
+    assert [brute_lookback(a, b, p) for p in (3, 2, 1, 0)] == [3, 2, 1, 0]
+    a, b = digits_lsb("995"), digits_lsb("004")  # sums 9, 9, 9: the carry into place 3 needs every place
+    assert brute_lookback(a, b, 3) == 3
+    assert tasks.carries(a, b) == [0, 0, 0]
+
+
+def test_parity_and_phop_answers():
+    rng = np.random.default_rng(3)
+    for _ in range(200):
+        n = int(rng.integers(2, 17))
+        prompt, answer, m = tasks.parity_problem(rng, n)
+        bits = prompt[:-1]
+        assert len(bits) == n and set(bits) <= {"0", "1"} and answer == str(bits.count("1") % 2)
+        assert m == dict(length=[n], ones=[bits.count("1")])
+    for _ in range(200):
+        p = int(rng.integers(1, 5))
+        prompt, answer, m = tasks.phop_problem(rng, p)
+        hops, seq = prompt[:-1].split(":")
+        assert int(hops) == p and m == dict(hops=[p]) and len(seq) == 24
+        i = len(seq) - 1  # the definition, walked by hand
+        for _ in range(p):
+            j = max(k for k in range(i) if seq[k] == seq[i])
+            i = j + 1
+        assert answer == seq[i]
+    assert tasks.phop_answer("abab", 1) == "a"  # the token after the previous "b"
+    assert tasks.phop_answer("abcd", 1) is None
+
+
+@pytest.mark.parametrize("task", sorted(tasks.TASKS))
+def test_generators_are_seeded(task):
+    a = tasks.problems(task, 50, seed=7)
+    assert a == tasks.problems(task, 50, seed=7)
+    assert a != tasks.problems(task, 50, seed=8)
+
+
+def test_errors():
+    with pytest.raises(ValueError, match="unknown task"):
+        tasks.problems("division", 3, 0)
+    with pytest.raises(ValueError, match="min_size"):
+        tasks.problems("addition", 3, 0, min_size=5, max_size=2)
+    with pytest.raises(ValueError, match="not in the task vocabulary"):
+        tasks.encode("12*3")
+
+
+@pytest.fixture(scope="module")
+def addition_folder(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("tasks") / "addition")
+    tasks.write_task("addition", out, n_train=300, n_val=50, seed=3, min_size=1, max_size=4)
+    return out
+
+
+def test_folder_loads_and_labels_match_the_problems(addition_folder):
+    names = topic_names(addition_folder)
+    assert names[:2] == ["prompt", "end"] and all(n.startswith("carry") for n in names[2:])
+    meta = json.load(open(os.path.join(addition_folder, "manifest.json")))
+    assert meta["vocab_size"] == len(tasks.vocab()) and meta["task"]["label_measure"] == "carry_chain"
+    tok = load_tokenizer(addition_folder)
+    assert tok.vocab_size == meta["vocab_size"] and tok.eot_id == 0
+    probs = tasks.problems("addition", 50, seed=3 * 1000 + tasks.SPLIT_SEED["val"], min_size=1, max_size=4)
+    tokens, topics, _ = load_split(addition_folder, "val")
+    chains = np.memmap(tasks.measure_path(addition_folder, "val", "carry_chain"), dtype=np.uint8, mode="r")
+    text = tok.decode(np.asarray(tokens))
+    assert text == "".join(p + a + tasks.EOT for p, a, _ in probs)
+    pos = 0
+    for prompt, answer, m in probs:
+        span = slice(pos, pos + len(prompt) + len(answer) + 1)
+        labels = [names[i] for i in topics[span]]
+        assert labels == ["prompt"] * len(prompt) + [f"carry{c}" for c in m["carry_chain"]] + ["end"]
+        assert chains[span].tolist() == [tasks.NA] * len(prompt) + m["carry_chain"] + [tasks.NA]
+        pos = span.stop
+    assert pos == len(tokens)
+    x, y, t = sample_batch(*load_split(addition_folder, "train")[:2], 4, 16, np.random.default_rng(0))
+    assert x.shape == y.shape == t.shape == (4, 16)
+
+
+def test_write_task_is_reproducible_and_leaves_no_temporary_folder(addition_folder, tmp_path):
+    again = str(tmp_path / "again")
+    tasks.write_task("addition", again, n_train=300, n_val=50, seed=3, min_size=1, max_size=4)
+    for f in ("train.bin", "val.bin", "train.topics.bin", "val.difficulty.lookback.bin"):
+        assert open(os.path.join(again, f), "rb").read() == open(os.path.join(addition_folder, f), "rb").read()
+    tasks.write_task("addition", again, n_train=20, n_val=5, seed=4)  # rewrites a data folder in place
+    assert json.load(open(os.path.join(again, "manifest.json")))["splits"]["val"]["documents"] == 5
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".tmp")]
+    (tmp_path / "notdata").mkdir()
+    with pytest.raises(ValueError, match="not a data folder"):
+        tasks.write_task("parity", str(tmp_path / "notdata"), n_train=5, n_val=5)
+
+
+def test_cli_make_and_train_args(tmp_path, capsys):
+    out = str(tmp_path / "parity")
+    assert tasks.main(["make", "parity", "--out", out, "--n-train", "40", "--n-val", "10", "--max-size", "6"]) == 0
+    assert "python -m gpu.train" in capsys.readouterr().out
+    assert topic_names(out) == ["prompt", "end"] + [f"len{i}" for i in range(7)]
+    from gpu.config import parse_args
+    tc, mc, explicit = parse_args(tasks.train_args("addition", "runs/tasks/addition", "runs/addition"))
+    assert tc.data == "runs/tasks/addition" and mc.max_loops == tasks.PRESETS["addition"]["model"]["max_loops"]
