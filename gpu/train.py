@@ -20,6 +20,7 @@ import torch
 
 import reference
 from reference.accounting import flops_per_token, param_counts
+from reference.train import unigram_loss
 from reference.weights import atomic_write_bytes
 
 from . import checkpoint as ckpt
@@ -170,13 +171,6 @@ def evaluate(model, mc, tc: TrainConfig, data, device, seq_len) -> dict:
     if topics:
         out["depth_by_topic"] = depth_by_topic(np.concatenate(depths), np.concatenate(topics), data["topics"])
     return out
-
-
-def unigram_baseline(data, vocab: int) -> float:
-    """Cross-entropy of add-one smoothed training token frequencies on the validation tokens (nats/token)."""
-    counts = np.bincount(np.asarray(data["train"]), minlength=vocab).astype(np.float64) + 1.0
-    logp = np.log(counts / counts.sum())
-    return float(-logp[np.asarray(data["val"])].mean())
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -332,7 +326,7 @@ def _run(tc: TrainConfig, mc, explicit, dist: Dist) -> dict:
     if writer:
         writer.close()
     if dist.main and last_eval is not None:
-        baseline = unigram_baseline(data, mc.vocab_size)
+        baseline = unigram_loss(np.asarray(data["train"]), np.asarray(data["val"]), mc.vocab_size)
         write_report(run_dir, mc, tc, last_eval, baseline, counts, flops_per_token(mc, last_eval["mean_depth"], seq_len))
         print(f"val ce {last_eval['val_ce']:.4f} nats/token (unigram baseline {baseline:.4f}) | mean depth "
               f"{last_eval['mean_depth']:.2f} | report: {os.path.join(run_dir, 'report.md')}")
