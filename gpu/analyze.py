@@ -44,6 +44,14 @@ def _plt():
     return plt
 
 
+def command_parser(prog: str, doc: str) -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
+    """An argparse parser for a `python -m gpu.X COMMAND` tool: first paragraph of `doc` as its description, the rest
+    as its epilog; returns it with its required sub-command group."""
+    ap = argparse.ArgumentParser(prog=prog, description=doc.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=doc.split("\n\n", 1)[1])
+    return ap, ap.add_subparsers(dest="cmd", required=True)
+
+
 def write_outputs(run_dir, name: str, tables: dict, md: str, fig=None, extra: dict | None = None) -> list[str]:
     """tables: suffix ('' for the main one) -> rows. Writes RUN/analysis/NAME[_suffix].csv, NAME.md, NAME.png
     and extra files (file name -> bytes), each atomically. Returns the paths."""
@@ -570,34 +578,40 @@ def difficulty(run_dir, windows: int = 512, split: str = "val", data: str | None
     rhos, per_value = [], []
     for name, m in ev.measures.items():
         sel = m != na
-        d, v, w = depth[sel], m[sel], win[sel]
-        rho, p = spearman(d, v)
-        lo, hi = bootstrap_spearman(d, v, w, n_boot, seed)
-        # problem level
-        keys, inv = np.unique(key[sel], return_inverse=True)
-        pd = np.bincount(inv, weights=d) / np.bincount(inv)
+        v, w = m[sel], win[sel]
+        keys, inv = np.unique(key[sel], return_inverse=True)  # problems
         pv = np.zeros(len(keys))
         np.maximum.at(pv, inv, v)
         pw = np.zeros(len(keys), np.int64)
         pw[inv] = w
-        prho, pp = spearman(pd, pv)
-        plo, phi = bootstrap_spearman(pd, pv, pw, n_boot, seed)
-        rhos.append(dict(measure=name, label_measure=name == ev.task["label_measure"], tokens=int(sel.sum()),
-                         rho_token=rho, ci_low=lo, ci_high=hi, p_token=p, problems=len(keys), rho_problem=prho,
-                         ci_low_problem=plo, ci_high_problem=phi, p_problem=pp))
+        for kind, dd in (("N", depth), ("ponder", out["ponder"])):
+            d = dd[sel]
+            rho, p = spearman(d, v)
+            lo, hi = bootstrap_spearman(d, v, w, n_boot, seed)
+            pd = np.bincount(inv, weights=d) / np.bincount(inv)
+            prho, pp = spearman(pd, pv)
+            plo, phi = bootstrap_spearman(pd, pv, pw, n_boot, seed)
+            rhos.append(dict(measure=name, depth=kind, label_measure=name == ev.task["label_measure"],
+                             tokens=int(sel.sum()), rho_token=rho, ci_low=lo, ci_high=hi, p_token=p,
+                             problems=len(keys), rho_problem=prho, ci_low_problem=plo, ci_high_problem=phi,
+                             p_problem=pp))
+        d, pond = depth[sel], out["ponder"][sel]
         for val in np.unique(v):
             s = v == val
             per_value.append(dict(measure=name, value=int(val), tokens=int(s.sum()), mean_depth=float(d[s].mean()),
-                                  std_depth=float(d[s].std()), acc=float(out["correct"][sel][s].mean()),
-                                  loss=float(out["loss"][sel][s].mean())))
+                                  std_depth=float(d[s].std()), mean_ponder=float(pond[s].mean()),
+                                  acc=float(out["correct"][sel][s].mean()), loss=float(out["loss"][sel][s].mean())))
     md = header(f"Depth vs ground-truth difficulty ({ev.task['name']})", run, ev, split)
-    md += ("Spearman rho of realized depth against each difficulty measure: token level over answer tokens, problem "
+    md += ("Spearman rho of depth against each difficulty measure: token level over answer tokens, problem "
            "level = mean depth over a problem's answer tokens vs the largest value in it. 95% CIs resample windows. "
+           "Depth `N` is the realized number of loop steps; `ponder` is the ponder cost (ACT: N + R, the remainder "
+           "breaking ties between tokens of equal N; PonderNet: the expected halting step E[n]; fixed/converge: N). "
            "rho is nan when the depth (or the measure) is constant.\n\n" + markdown_table(rhos, digits=3)
            + "\n## Depth and accuracy per difficulty value\n\n" + markdown_table(per_value, digits=3))
     plt = _plt()
-    fig, axes = plt.subplots(1, len(rhos), figsize=(3.6 * len(rhos), 3.4), squeeze=False)
-    for ax, r in zip(axes[0], rhos):
+    rhos_n = [r for r in rhos if r["depth"] == "N"]
+    fig, axes = plt.subplots(1, len(rhos_n), figsize=(3.6 * len(rhos_n), 3.4), squeeze=False)
+    for ax, r in zip(axes[0], rhos_n):
         pv = [x for x in per_value if x["measure"] == r["measure"]]
         ax.errorbar([x["value"] for x in pv], [x["mean_depth"] for x in pv], yerr=[x["std_depth"] for x in pv],
                     fmt="o-", capsize=3)
@@ -612,10 +626,7 @@ def difficulty(run_dir, windows: int = 512, split: str = "val", data: str | None
 
 # ----------------------------------------------------------------------------- command line
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m gpu.analyze", description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter,
-                                 epilog=__doc__.split("\n\n", 1)[1])
-    sub = ap.add_subparsers(dest="cmd", required=True)
+    ap, sub = command_parser("python -m gpu.analyze", __doc__)
 
     def add(name, help_, windows):
         p = sub.add_parser(name, help=help_)
@@ -649,26 +660,26 @@ def main(argv=None) -> int:
         ap.error("--windows must be >= 1")
     if hasattr(a, "windows"):
         common.update(windows=a.windows, split=a.split, batch_size=a.batch_size)
+    commands = {"depth-by-topic": lambda: depth_by_topic(a.run, n_boot=a.boot, **common),
+                "depth-map": lambda: depth_map(a.run, a.text, name=a.name, **common),
+                "convergence": lambda: convergence(a.run, loops=a.loops, lipschitz_iters=a.lipschitz_iters, **common),
+                "calibration": lambda: calibration(a.run, tol=a.tol, **common),
+                "extrapolate": lambda: extrapolate(a.run, loops=a.loops, thresholds=a.thresholds, **common),
+                "difficulty": lambda: difficulty(a.run, n_boot=a.boot, **common)}
+    return print_result(commands[a.cmd])
+
+
+def print_result(compute) -> int:
+    """Run an analysis (a thunk returning dict(md=..., paths=...)): print its table and the files it wrote, or a
+    one-line error with exit status 2 for bad input."""
     try:
-        if a.cmd == "depth-by-topic":
-            res = depth_by_topic(a.run, n_boot=a.boot, **common)
-        elif a.cmd == "depth-map":
-            res = depth_map(a.run, a.text, name=a.name, **common)
-        elif a.cmd == "convergence":
-            res = convergence(a.run, loops=a.loops, lipschitz_iters=a.lipschitz_iters, **common)
-        elif a.cmd == "calibration":
-            res = calibration(a.run, tol=a.tol, **common)
-        elif a.cmd == "extrapolate":
-            res = extrapolate(a.run, loops=a.loops, thresholds=a.thresholds, **common)
-        else:
-            res = difficulty(a.run, n_boot=a.boot, **common)
+        res = compute()
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(res["md"])
     print("wrote " + ", ".join(res["paths"]))
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

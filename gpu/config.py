@@ -38,6 +38,8 @@ class TrainConfig:
     keep_last: int = 2              # checkpoints kept on disk
     collapse_patience: int = 3      # evals in a row with halting at one end before the warning
     seed: int = 0
+    random_loops: bool = False      # halt=fixed: draw the loop count of each step uniformly from min..max_loops
+    ignore_topics: str = ""         # comma list of topic names whose targets the loss skips (tasks: "prompt")
     fsdp: bool = False              # with torchrun: shard parameters with FSDP instead of DDP
     tensorboard: bool = False       # also write TensorBoard scalars (needs the tensorboard package)
     resume: bool = False            # continue the run in `out` from its last checkpoint

@@ -16,7 +16,6 @@ Writes OUT/{looped,dense-1x,dense-Kx}[-seedS]/ (run folders) and OUT/analysis/is
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -111,10 +110,8 @@ def iso_flop(out: str, looped_steps: int = 1500, batch_size: int = 16, lr: float
           + ("\nShare of the dense-1x -> dense-Kx gap closed by the looped model: "
              + (f"**{closed:.2f}**" if gap > 0 else "undefined: dense-Kx is not better than dense-1x at this budget")
              + ".\n"))
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    from .analyze import _plt, write_outputs
+    fig, ax = _plt().subplots(figsize=(6.5, 3.8))
     colours = {"looped": "#c44e52", "dense-1x": "#4c72b0", "dense-Kx": "#55a868"}
     for (name, seed), pts in curves.items():
         ax.plot([p[0] / 1e15 for p in pts], [p[1] for p in pts], "o-", color=colours[name],
@@ -124,16 +121,13 @@ def iso_flop(out: str, looped_steps: int = 1500, batch_size: int = 16, lr: float
     ax.set_title(f"iso-FLOP: gap closed = {closed:.2f}" if gap > 0 else "iso-FLOP")
     ax.legend()
     fig.tight_layout()
-    from .analyze import write_outputs
     paths = write_outputs(out, "iso_flop", {"": rows, "summary": [summary]}, md, fig)
     return dict(rows=rows, summary=summary, md=md, paths=paths)
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m gpu.experiments", description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter,
-                                 epilog=__doc__.split("\n\n", 1)[1])
-    sub = ap.add_subparsers(dest="cmd", required=True)
+    from .analyze import command_parser, print_result
+    ap, sub = command_parser("python -m gpu.experiments", __doc__)
     p = sub.add_parser("iso-flop", help="looped vs dense-1x vs dense-Kx at equal training FLOPs")
     p.add_argument("--out", default="runs/iso-flop")
     p.add_argument("--data", default="bundled")
@@ -150,15 +144,12 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     try:
         seeds = tuple(int(s) for s in a.seeds.split(",") if s.strip())
-        res = iso_flop(a.out, a.looped_steps, a.batch_size, a.lr, a.data, seeds, a.eval_points, not a.no_progress,
-                       d_model=a.d_model, n_head=a.n_head, block_size=a.block_size, n_prelude=a.n_prelude,
-                       n_layer=a.n_layer, n_coda=a.n_coda, loops=a.loops, halt=a.halt)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(res["md"])
-    print("wrote " + ", ".join(res["paths"]))
-    return 0
+    except ValueError:
+        ap.error(f"--seeds={a.seeds!r}: expected a comma list of integers, e.g. 0,1,2")
+    return print_result(lambda: iso_flop(a.out, a.looped_steps, a.batch_size, a.lr, a.data, seeds, a.eval_points,
+                                         not a.no_progress, d_model=a.d_model, n_head=a.n_head,
+                                         block_size=a.block_size, n_prelude=a.n_prelude, n_layer=a.n_layer,
+                                         n_coda=a.n_coda, loops=a.loops, halt=a.halt))
 
 
 if __name__ == "__main__":

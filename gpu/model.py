@@ -63,9 +63,10 @@ class LoopGroup(nn.Module):
             y = block(y, rope_cs)
         return y - x
 
-    def forward(self, blocks, e, rope_cs):
-        """e: (B, T, D) -> (o (B, T, D), aux of (B, T[, K]) tensors)."""
+    def forward(self, blocks, e, rope_cs, loops: int | None = None):
+        """e: (B, T, D) -> (o (B, T, D), aux of (B, T[, K]) tensors). loops: max_loops for this call (None = cfg's)."""
         cfg = self.cfg
+        K = cfg.max_loops if loops is None else loops
         B, T, D = e.shape
         mode = cfg.halt
         # Skipping steps once no token runs needs a host sync (a graph break), so it is eager-only and only for
@@ -76,7 +77,7 @@ class LoopGroup(nn.Module):
         cum = torch.zeros(B, T, dtype=e.dtype, device=e.device)      # ACT: sum of h so far
         survival = torch.ones(B, T, dtype=e.dtype, device=e.device)  # PonderNet: prod of (1 - lambda) so far
         states, signals, deltas = [], [], []
-        for k in range(1, cfg.max_loops + 1):
+        for k in range(1, K + 1):
             if early_exit and not bool(running.any()):
                 s_new = s  # every token has halted: the remaining steps are no-ops
             else:
@@ -115,7 +116,7 @@ class LoopGroup(nn.Module):
             return halting.pondernet(signals, cfg.act_eps, cfg.min_loops, cfg.pondernet_prior)
         if cfg.halt == "converge":
             return halting.converge(deltas, cfg.converge_tol, cfg.min_loops)
-        return halting.fixed(signals[..., 0], cfg.max_loops)
+        return halting.fixed(signals[..., 0], signals.shape[-1])
 
 
 class LoopedTransformer(nn.Module):
@@ -143,8 +144,12 @@ class LoopedTransformer(nn.Module):
         if seed is not None:
             self.load_reference(init_params(cfg, seed, dtype="float32"))
 
-    def forward(self, tokens, targets=None):
+    def forward(self, tokens, targets=None, loops: int | None = None):
+        """loops: run every loop group up to this many steps instead of cfg.max_loops (the same weights; equal to
+        the reference with cfg.replace(max_loops=loops)). Training with --random-loops draws it per step."""
         cfg = self.cfg
+        if loops is not None and loops < cfg.min_loops:
+            raise ValueError(f"loops={loops} is below min_loops={cfg.min_loops}; pass loops >= min_loops")
         tokens = _as_tensor(tokens, self.embed.weight.device)
         targets = None if targets is None else _as_tensor(targets, self.embed.weight.device)
         if not torch.compiler.is_compiling():  # the checks read values (a host sync); compiled callers check data once
@@ -160,7 +165,7 @@ class LoopedTransformer(nn.Module):
             x = block(x, rope_cs)
         group_aux = []
         for g, group in enumerate(self.loop):
-            x, aux_g = group([self.core[i] for i in cfg.group_blocks(g)], x, rope_cs)
+            x, aux_g = group([self.core[i] for i in cfg.group_blocks(g)], x, rope_cs, loops)
             group_aux.append(aux_g)
         for block in self.coda:
             x = block(x, rope_cs)

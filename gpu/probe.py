@@ -138,7 +138,8 @@ def eval_windows(data_dir, split: str, n: int, seq_len: int) -> Windows:
 def collect(params: dict, cfg: LoopConfig, x: np.ndarray, y: np.ndarray | None = None, batch_size: int = 32,
             keep: tuple = ("weights", "deltas"), progress: bool = False, desc: str = "forward") -> dict:
     """Run the model (torch, float32, CPU) over windows x (W, T) and return per-token numpy arrays:
-    depth (W, T) realized loop steps averaged over groups, n_steps (W, T, G), and with targets y:
+    depth (W, T) realized loop steps averaged over groups, n_steps (W, T, G), ponder (W, T) the ponder cost
+    averaged over groups (ACT: N + R, Graves 2016 eq. 13; PonderNet: E[n]; otherwise N), and with targets y:
     loss (W, T) cross-entropy in nats, correct (W, T) argmax == target; plus the aux keys in `keep`
     (weights, deltas, halt_probs: (W, T, G, K))."""
     from tqdm import tqdm
@@ -151,7 +152,7 @@ def collect(params: dict, cfg: LoopConfig, x: np.ndarray, y: np.ndarray | None =
         xb = torch.from_numpy(np.ascontiguousarray(x[s:s + batch_size]))
         logits, _, aux = model(xb)
         n = aux["n_steps"].numpy()
-        part = dict(n_steps=n, depth=n.mean(axis=-1))
+        part = dict(n_steps=n, depth=n.mean(axis=-1), ponder=aux["ponder_cost"].float().numpy().mean(axis=-1))
         for k in keep:
             part[k] = aux[k].float().numpy()
         if y is not None:

@@ -31,11 +31,12 @@ def depth_histogram_png(hist: list[int], title: str) -> bytes | None:
 
 def write_report(run_dir, mc, tc, ev: dict, unigram: float, counts: dict, flops_at_depth: float) -> str:
     total = max(1, sum(ev["depth_hist"]))
+    scored = f", targets of topics {tc.ignore_topics} not scored" if tc.ignore_topics else ""
     lines = [
         f"# Run report: `{tc.preset}` ({mc.halt}, {mc.loop_scope} scope, max {mc.max_loops} loops)", "",
         "| metric | value |", "|---|---|",
-        f"| validation cross-entropy (nats/token) | {ev['val_ce']:.4f} |",
-        f"| unigram baseline (nats/token) | {unigram:.4f} |",
+        f"| validation cross-entropy (nats/token{scored}) | {ev['val_ce']:.4f} |",
+        f"| unigram baseline (nats/token{scored}) | {unigram:.4f} |",
         f"| validation loss incl. halting terms | {ev['val_loss']:.4f} |",
         f"| mean depth (loop steps per group) | {ev['mean_depth']:.3f} of {mc.max_loops} |",
         f"| share of tokens at min_loops / max_loops | {ev['share_min']:.3f} / {ev['share_max']:.3f} |",

@@ -91,8 +91,35 @@ def load_data(tc: TrainConfig):
                          f"`python -m gpu.data openwebtext --out DIR`")
     train, train_topics, meta = load_split(data_dir, "train")
     val, val_topics, _ = load_split(data_dir, "val")
+    topics = topic_names(data_dir)
     return dict(train=train, train_topics=train_topics, val=val, val_topics=val_topics, meta=meta,
-                topics=topic_names(data_dir))
+                topics=topics, ignore_ids=ignored_topic_ids(tc.ignore_topics, topics, data_dir))
+
+
+def ignored_topic_ids(spec: str, topics: list[str], data_dir) -> np.ndarray:
+    """Topic ids named by --ignore-topics (comma list); ValueError naming an unknown topic."""
+    names = [n.strip() for n in spec.split(",") if n.strip()]
+    if names and not topics:
+        raise ValueError(f"--ignore-topics={spec!r}: the data folder {data_dir!r} has no topic labels; drop the option")
+    unknown = [n for n in names if n not in topics]
+    if unknown:
+        raise ValueError(f"--ignore-topics: {unknown} are not topics of {data_dir!r}; its topics are {topics}")
+    return np.array([topics.index(n) for n in names], dtype=np.int64)
+
+
+def scored_tokens(data, split) -> np.ndarray:
+    """The tokens of a split that the loss scores as targets (all, unless --ignore-topics drops some)."""
+    tokens, topics = np.asarray(data[split]), data[f"{split}_topics"]
+    if topics is None or len(data["ignore_ids"]) == 0:
+        return tokens
+    return tokens[~np.isin(np.asarray(topics), data["ignore_ids"])]
+
+
+def mask_targets(y: np.ndarray, topic, ignore_ids: np.ndarray) -> np.ndarray:
+    """y with the targets whose topic is ignored set to -1 (the loss's ignore index). (B, T)"""
+    if topic is None or len(ignore_ids) == 0:
+        return y
+    return np.where(np.isin(topic, ignore_ids), -1, y)
 
 
 def fit_vocab(mc, explicit: set, data_vocab: int):
@@ -134,6 +161,7 @@ def sample_global_batch(data, split, batch: int, seq_len: int, rng, dist: Dist):
     exactly the data one process with N times the batch would see."""
     from .data import sample_batch
     x, y, topic = sample_batch(data[split], data[f"{split}_topics"], batch * dist.world, seq_len, rng)
+    y = mask_targets(y, topic, data["ignore_ids"])
     rows = slice(dist.rank * batch, (dist.rank + 1) * batch)
     return x[rows], y[rows], (None if topic is None else topic[rows])
 
@@ -152,14 +180,17 @@ def evaluate(model, mc, tc: TrainConfig, data, device, seq_len) -> dict:
     model.eval()
     # the same evenly spaced windows over the whole validation split at every eval
     X, Y, TOPIC = fixed_windows(data["val"], data["val_topics"], tc.eval_batches * tc.batch_size, seq_len)
-    ces, losses, auxes, depths, topics = [], [], [], [], []
+    Y = mask_targets(Y, TOPIC, data["ignore_ids"])
+    ces, n_scored, losses, auxes, depths, topics = [], [], [], [], [], []
     for i in range(tc.eval_batches):
         rows = slice(i * tc.batch_size, (i + 1) * tc.batch_size)
         x, y, topic = X[rows], Y[rows], (None if TOPIC is None else TOPIC[rows])
         xt, yt = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
         with autocast(tc, device):
             logits, loss, aux = model(xt, yt)
-        ces.append(float(torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), yt.flatten())))
+        ces.append(float(torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), yt.flatten(), ignore_index=-1,
+                                                           reduction="sum")))
+        n_scored.append(int((yt >= 0).sum()))
         losses.append(float(loss))
         auxes.append({k: v.detach().cpu() for k, v in aux.items()})
         depths.append(token_depth(aux))
@@ -167,7 +198,7 @@ def evaluate(model, mc, tc: TrainConfig, data, device, seq_len) -> dict:
             topics.append(topic)
     model.train()
     merged = {k: torch.cat([a[k] for a in auxes]) for k in auxes[0]}
-    out = dict(val_ce=float(np.mean(ces)), val_loss=float(np.mean(losses)), **halting_stats(merged, mc))
+    out = dict(val_ce=sum(ces) / sum(n_scored), val_loss=float(np.mean(losses)), **halting_stats(merged, mc))
     if topics:
         out["depth_by_topic"] = depth_by_topic(np.concatenate(depths), np.concatenate(topics), data["topics"])
     return out
@@ -221,6 +252,8 @@ def _run(tc: TrainConfig, mc, explicit, dist: Dist) -> dict:
     if seq_len > mc.block_size:
         raise ValueError(f"--seq-len={seq_len} exceeds the model's block_size={mc.block_size}: lower --seq-len "
                          f"or raise --block-size")
+    if tc.random_loops and mc.halt != "fixed":
+        raise ValueError(f"--random-loops needs --halt=fixed (halt={mc.halt!r} already chooses each token's depth)")
     run_dir = tc.out
     if tc.resume:
         check_resumable(run_dir, tc, mc)
@@ -274,12 +307,14 @@ def _run(tc: TrainConfig, mc, explicit, dist: Dist) -> dict:
         for group in optimizer.param_groups:
             group["lr"] = lr
         loss_sum, depth_sum = 0.0, 0.0
+        # --random-loops: one depth per optimizer step from the shared rng (the same on every rank; resumes exactly)
+        loops = int(rng.integers(mc.min_loops, mc.max_loops + 1)) if tc.random_loops else None
         for micro in range(tc.grad_accum):
             x, y, _ = sample_global_batch(data, "train", tc.batch_size, seq_len, rng, dist)
             xt, yt = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
             accumulate_locally = dist.enabled and not tc.fsdp and micro < tc.grad_accum - 1
             with (model.no_sync() if accumulate_locally else contextlib.nullcontext()), autocast(tc, device):
-                _, loss, aux = model(xt, yt)
+                _, loss, aux = model(xt, yt, loops=loops)
                 (loss / tc.grad_accum).backward()
             loss_sum += float(loss.detach()) / tc.grad_accum
             depth_sum += float(aux["n_steps"].float().mean()) / tc.grad_accum
@@ -326,7 +361,7 @@ def _run(tc: TrainConfig, mc, explicit, dist: Dist) -> dict:
     if writer:
         writer.close()
     if dist.main and last_eval is not None:
-        baseline = unigram_loss(np.asarray(data["train"]), np.asarray(data["val"]), mc.vocab_size)
+        baseline = unigram_loss(*(scored_tokens(data, split) for split in ("train", "val")), mc.vocab_size)
         write_report(run_dir, mc, tc, last_eval, baseline, counts, flops_per_token(mc, last_eval["mean_depth"], seq_len))
         print(f"val ce {last_eval['val_ce']:.4f} nats/token (unigram baseline {baseline:.4f}) | mean depth "
               f"{last_eval['mean_depth']:.2f} | report: {os.path.join(run_dir, 'report.md')}")

@@ -124,11 +124,13 @@ def to_numpy(x):
     return np.asarray(x)
 
 
-def run_model(backend, dtype, params, cfg, tokens, targets):
-    """(loss, grads, logits, aux) of the backend as float64 numpy, like reference.forward_backward."""
+def run_model(backend, dtype, params, cfg, tokens, targets, loops=None):
+    """(loss, grads, logits, aux) of the backend as float64 numpy, like reference.forward_backward; loops: the
+    torch model's per-call max_loops override (the CuPy leg runs the reference, which takes it from cfg)."""
     if backend == "cupy":
         import cupy
         p = {k: cupy.asarray(v.astype(storage_dtype(dtype))) for k, v in params.items()}
+        cfg = cfg if loops is None else cfg.replace(max_loops=loops)
         loss, grads, logits, aux = R.forward_backward(p, cupy.asarray(tokens), cupy.asarray(targets), cfg)
         return float(loss), {k: to_numpy(v) for k, v in grads.items()}, to_numpy(logits), \
             {k: to_numpy(v) for k, v in aux.items()}
@@ -136,7 +138,8 @@ def run_model(backend, dtype, params, cfg, tokens, targets):
     device = torch_device(backend)
     model = from_reference(params, cfg, device=device, dtype=TORCH_DTYPES[dtype])
     with autocast(backend, dtype):
-        logits, loss, aux = model(torch.from_numpy(tokens).to(device), torch.from_numpy(targets).to(device))
+        logits, loss, aux = model(torch.from_numpy(tokens).to(device), torch.from_numpy(targets).to(device),
+                                  loops=loops)
     loss.backward()
     grads = {n: to_numpy(p.grad) if p.grad is not None else np.zeros(tuple(p.shape))
              for n, p in model.named_parameters()}

@@ -230,12 +230,16 @@ def test_difficulty(runs):
     assert {r["measure"] for r in res["rhos"]} == {"carry_chain", "lookback", "longest_carry_chain", "operand_length"}
     r = probe.load_run(runs["addition"])
     ev = probe.eval_windows(r.data_dir, "val", 16, r.cfg.block_size)
-    depth = probe.collect(r.params, r.cfg, ev.x, ev.y)["depth"]
+    out = probe.collect(r.params, r.cfg, ev.x, ev.y)
+    remainder = out["ponder"] - out["depth"]  # ACT with one group: ponder cost N + R, R in (0, 1]
+    assert r.cfg.halt == "act" and (remainder > 0).all() and (remainder <= 1 + 1e-6).all()
     m = ev.measures["carry_chain"]
-    rho = next(x for x in res["rhos"] if x["measure"] == "carry_chain")
-    expect = stats.spearman(depth[m != 255], m[m != 255])[0]
-    assert (np.isnan(rho["rho_token"]) and np.isnan(expect)) or rho["rho_token"] == pytest.approx(expect)
-    assert rho["tokens"] == int((m != 255).sum())
+    assert [x["depth"] for x in res["rhos"] if x["measure"] == "carry_chain"] == ["N", "ponder"]
+    for kind, key in (("N", "depth"), ("ponder", "ponder")):
+        rho = next(x for x in res["rhos"] if x["measure"] == "carry_chain" and x["depth"] == kind)
+        expect = stats.spearman(out[key][m != 255], m[m != 255])[0]
+        assert (np.isnan(rho["rho_token"]) and np.isnan(expect)) or rho["rho_token"] == pytest.approx(expect)
+        assert rho["tokens"] == int((m != 255).sum())
     with pytest.raises(ValueError, match="not a synthetic task"):
         analyze.difficulty(runs["bundled"], windows=4, progress=False)
 

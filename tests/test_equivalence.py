@@ -198,11 +198,13 @@ def test_equivalence_halting(rule, backend, dtype, seed, K, eps, prior, data):
 AUX_FLOAT_KEYS = [k for k in AUX_KEYS if k != "n_steps"]
 
 
-def check_model(backend, dtype, cfg, params, tokens, targets, grads=True):
-    """Backend vs reference on one case: loss, logits, N(t) exactly, every other aux entry, every gradient."""
+def check_model(backend, dtype, cfg, params, tokens, targets, grads=True, loops=None):
+    """Backend vs reference on one case: loss, logits, N(t) exactly, every other aux entry, every gradient.
+    loops: the backend's per-call loop count, against the reference with cfg.replace(max_loops=loops)."""
     p = round_to(params, dtype)
-    loss, g_ref, logits, aux = R.forward_backward(p, tokens, targets, cfg)
-    a_loss, a_grads, a_logits, a_aux = run_model(backend, dtype, p, cfg, tokens, targets)
+    ref_cfg = cfg if loops is None else cfg.replace(max_loops=loops)
+    loss, g_ref, logits, aux = R.forward_backward(p, tokens, targets, ref_cfg)
+    a_loss, a_grads, a_logits, a_aux = run_model(backend, dtype, p, cfg, tokens, targets, loops)
     np.testing.assert_array_equal(a_aux["n_steps"], aux["n_steps"], err_msg="N(t)")
     assert_close(a_loss, loss, dtype, "loss")
     assert_close(a_logits, logits, dtype, "logits")
@@ -270,6 +272,18 @@ def test_equivalence_varied_depth(backend, dtype, halt, scope):
     cfg = R.LoopConfig(**{**EDGE_BASE, "halt": halt, "loop_scope": scope, "act_eps": eps})
     aux = check_model(backend, dtype, cfg, *away_from_flips(cfg, dtype, B=3, T=8))
     assert len(np.unique(aux["n_steps"])) >= 2, f"halting is trivial in this case: N = {np.unique(aux['n_steps'])}"
+
+
+@pytest.mark.parametrize("loops", [1, 2, 6])
+@pytest.mark.parametrize("halt", HALT_MODES)
+@pytest.mark.parametrize("backend,dtype", backend_params(dtypes=("float64", "float32")))
+def test_equivalence_loops_override(backend, dtype, halt, loops):
+    """forward(tokens, targets, loops=k) of a max_loops=4 model (--random-loops training, test-time depth) is the
+    reference with max_loops=k, below and beyond the configured depth: values, aux and every gradient."""
+    cfg = R.LoopConfig(**{**EDGE_BASE, "halt": halt})
+    case = away_from_flips(cfg.replace(max_loops=loops), dtype)
+    aux = check_model(backend, dtype, cfg, *case, loops=loops)
+    assert aux["weights"].shape[-1] == loops
 
 
 # ----------------------------------------------------------------------------- training steps

@@ -172,3 +172,45 @@ def test_cli_make_and_train_args(tmp_path, capsys):
     from gpu.config import parse_args
     tc, mc, explicit = parse_args(tasks.train_args("addition", "runs/tasks/addition", "runs/addition"))
     assert tc.data == "runs/tasks/addition" and mc.max_loops == tasks.PRESETS["addition"]["model"]["max_loops"]
+
+
+def test_ignore_topics_masks_prompt_targets_in_training_and_eval(addition_folder, tmp_path):
+    """--ignore-topics=prompt: every prompt target becomes -1 and nothing else changes; the eval scores the rest."""
+    from gpu.train import ignored_topic_ids, load_data, mask_targets, scored_tokens
+    from gpu.config import TrainConfig
+    tc = TrainConfig(data=addition_folder, ignore_topics="prompt", out=str(tmp_path / "r"))
+    data = load_data(tc)
+    assert data["ignore_ids"].tolist() == [0]
+    x, y, t = sample_batch(data["train"], data["train_topics"], 8, 16, np.random.default_rng(1))
+    masked = mask_targets(y, t, data["ignore_ids"])
+    assert (masked[t == 0] == -1).all() and (masked[t != 0] == y[t != 0]).all() and (t == 0).any()
+    kept = scored_tokens(data, "val")
+    assert len(kept) == int((np.asarray(data["val_topics"]) != 0).sum()) < len(data["val"])
+    assert mask_targets(y, None, data["ignore_ids"]) is y
+    with pytest.raises(ValueError, match=r"\['promt'\] are not topics"):
+        ignored_topic_ids("promt", data["topics"], addition_folder)
+    with pytest.raises(ValueError, match="no topic labels"):
+        ignored_topic_ids("prompt", [], "somewhere")
+
+
+def test_ignore_topics_val_ce_is_the_mean_over_scored_targets(addition_folder, tmp_path):
+    """The eval's val_ce equals the cross-entropy of the model over the unmasked targets only, recomputed here."""
+    import torch
+    from gpu.config import TrainConfig
+    from gpu.data import fixed_windows
+    from gpu.model import LoopedTransformer
+    from gpu.train import evaluate, load_data, mask_targets
+    from reference import get_preset
+    mc = get_preset("tiny", d_model=32, n_head=2, block_size=16, vocab_size=len(tasks.vocab()))
+    tc = TrainConfig(data=addition_folder, ignore_topics="prompt", batch_size=4, eval_batches=2, out=str(tmp_path))
+    data = load_data(tc)
+    torch.manual_seed(0)
+    model = LoopedTransformer(mc)
+    ev = evaluate(model, mc, tc, data, torch.device("cpu"), 16)
+    X, Y, T = fixed_windows(data["val"], data["val_topics"], 8, 16)
+    Y = mask_targets(Y, T, data["ignore_ids"])
+    with torch.no_grad():
+        logits, _, _ = model(torch.from_numpy(X))
+    keep = torch.from_numpy(Y) >= 0
+    want = torch.nn.functional.cross_entropy(logits[keep], torch.from_numpy(Y)[keep])
+    assert ev["val_ce"] == pytest.approx(float(want), rel=1e-5)
