@@ -562,22 +562,38 @@ def extrapolate(run_dir, loops: str = "1..3K", thresholds: str | None = None, wi
 
 
 # ----------------------------------------------------------------------------- difficulty
+def parse_where(where: str | None, measures: dict) -> tuple[str, int] | None:
+    """'MEASURE=VALUE' -> (measure, value); ValueError naming the measures of the folder."""
+    if not where:
+        return None
+    name, _, value = where.partition("=")
+    if name not in measures or not value.strip().isdigit():
+        raise ValueError(f"--where={where!r}: expected MEASURE=VALUE with MEASURE one of {sorted(measures)} "
+                         f"and VALUE an integer")
+    return name, int(value)
+
+
 def difficulty(run_dir, windows: int = 512, split: str = "val", data: str | None = None, n_boot: int = 300,
-               batch_size: int = 32, seed: int = 0, progress: bool = True) -> dict:
+               batch_size: int = 32, seed: int = 0, progress: bool = True, where: str | None = None) -> dict:
     """Spearman rho between realized depth and each ground-truth difficulty measure of a synthetic task
     (gpu.tasks), over answer tokens (token level) and over problems (mean depth over a problem's answer tokens
-    vs the largest value of the measure in it), with cluster-bootstrap CIs; mean depth and accuracy per value."""
+    vs the largest value of the measure in it), with cluster-bootstrap CIs; mean depth and accuracy per value.
+    where='MEASURE=VALUE' keeps only the answer tokens with that value (e.g. significant=1: no padding zeros)."""
     run, ev = _setup(run_dir, data, split, windows)
     if not ev.task:
         raise ValueError(f"{run.data_dir!r} is not a synthetic task folder: `difficulty` needs a run trained on "
                          f"`python -m gpu.tasks make TASK --out DIR` data (or --data DIR of one)")
+    cond = parse_where(where, ev.measures)
     out = collect(run.params, run.cfg, ev.x, ev.y, batch_size, keep=(), progress=progress)
     na, depth = ev.task["na"], out["depth"]
     win = np.broadcast_to(np.arange(len(depth))[:, None], depth.shape)
     key = win * 100000 + ev.problem_ids()
+    keep = np.ones(depth.shape, bool) if cond is None else ev.measures[cond[0]] == cond[1]
     rhos, per_value = [], []
     for name, m in ev.measures.items():
-        sel = m != na
+        sel = (m != na) & keep
+        if not sel.any():
+            raise ValueError(f"--where={where!r} keeps no answer token of measure {name!r}")
         v, w = m[sel], win[sel]
         keys, inv = np.unique(key[sel], return_inverse=True)  # problems
         pv = np.zeros(len(keys))
@@ -602,6 +618,8 @@ def difficulty(run_dir, windows: int = 512, split: str = "val", data: str | None
                                   std_depth=float(d[s].std()), mean_ponder=float(pond[s].mean()),
                                   acc=float(out["correct"][sel][s].mean()), loss=float(out["loss"][sel][s].mean())))
     md = header(f"Depth vs ground-truth difficulty ({ev.task['name']})", run, ev, split)
+    if cond:
+        md += f"Only the answer tokens with {cond[0]} = {cond[1]}.\n\n"
     md += ("Spearman rho of depth against each difficulty measure: token level over answer tokens, problem "
            "level = mean depth over a problem's answer tokens vs the largest value in it. 95% CIs resample windows. "
            "Depth `N` is the realized number of loop steps; `ponder` is the ponder cost (ACT: N + R, the remainder "
@@ -620,7 +638,8 @@ def difficulty(run_dir, windows: int = 512, split: str = "val", data: str | None
         ax.set_title(f"rho = {r['rho_token']:.2f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}]", fontsize=9)
     fig.suptitle(f"{ev.task['name']}: depth vs difficulty ({run.path})", fontsize=9)
     fig.tight_layout()
-    paths = write_outputs(run_dir, out_name("difficulty", data, split), {"": rhos, "by_value": per_value}, md, fig)
+    stem = out_name("difficulty", data, split) + (f"-{cond[0]}{cond[1]}" if cond else "")
+    paths = write_outputs(run_dir, stem, {"": rhos, "by_value": per_value}, md, fig)
     return dict(rhos=rhos, per_value=per_value, md=md, paths=paths)
 
 
@@ -654,6 +673,8 @@ def main(argv=None) -> int:
     p.add_argument("--thresholds", default=None, help="comma list of act_eps (or converge_tol) values")
     p = add("difficulty", "Spearman rho of depth vs ground-truth difficulty (synthetic tasks)", 512)
     p.add_argument("--boot", type=int, default=300, help="bootstrap resamples")
+    p.add_argument("--where", default=None, help="MEASURE=VALUE: only answer tokens with this value, e.g. "
+                                                 "significant=1 (addition without its padding zeros)")
     a = ap.parse_args(argv)
     common = dict(data=a.data, progress=not a.no_progress)
     if getattr(a, "windows", 1) < 1:
@@ -665,7 +686,7 @@ def main(argv=None) -> int:
                 "convergence": lambda: convergence(a.run, loops=a.loops, lipschitz_iters=a.lipschitz_iters, **common),
                 "calibration": lambda: calibration(a.run, tol=a.tol, **common),
                 "extrapolate": lambda: extrapolate(a.run, loops=a.loops, thresholds=a.thresholds, **common),
-                "difficulty": lambda: difficulty(a.run, n_boot=a.boot, **common)}
+                "difficulty": lambda: difficulty(a.run, n_boot=a.boot, where=a.where, **common)}
     return print_result(commands[a.cmd])
 
 

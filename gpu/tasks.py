@@ -18,7 +18,8 @@ per-token difficulty measures ({split}.difficulty.{name}.bin, uint8, NA=255 off 
               answer digit, which a small model learns in minutes; "longer operands" then means more significant
               digits in the same width. measures: carry_chain (length of the run of carries that ends at this
               digit), lookback (digits to read to know the incoming carry: 1 + the run of a_j + b_j = 9 just
-              below), longest_carry_chain and operand_length (per problem).
+              below), longest_carry_chain and operand_length (per problem), significant (0 on the answer's
+              leading padding zeros).
     parity    "10110=1"          parity of n bits. measures: length (= n), ones.
     phop      "3:abcabd...=c"    p-hop induction (Sanford et al. 2024): from the last symbol, p times jump to the
               token after the previous occurrence of the current token; answer = the token reached. measures: hops.
@@ -83,7 +84,8 @@ def addition_problem(rng, n: int, width: int = 0):
     answer width+1 digits, most significant first. Per answer digit at place i (0 = units):
     carry_chain = number of consecutive carries out of places i-1, i-2, .. (the run of carries arriving at i);
     lookback = 0 for i = 0, else 1 + the number of consecutive places j < i just below i with a_j + b_j = 9
-    (they only pass a carry on, so the carry into i is known only further down)."""
+    (they only pass a carry on, so the carry into i is known only further down); significant = 1 for a digit of
+    the sum, 0 for a leading zero of the padded answer (a control: padding zeros need no arithmetic)."""
     width = max(width, n)
     lo = 10 ** (n - 1) if n > 1 else 0
     a_int, b_int = (int(v) for v in rng.integers(lo, 10 ** n, 2))
@@ -106,8 +108,10 @@ def addition_problem(rng, n: int, width: int = 0):
         runs = runs + 1 if ci else 0
         longest = max(longest, runs)
     prompt = f"{a_int:0{width}d}+{b_int:0{width}d}="
+    digits = len(str(a_int + b_int))
     m = dict(carry_chain=chain[::-1], lookback=look[::-1], longest_carry_chain=[longest] * (width + 1),
-             operand_length=[n] * (width + 1))  # answer order: most significant first
+             operand_length=[n] * (width + 1),
+             significant=[int(i < digits) for i in range(width + 1)][::-1])  # answer order: most significant first
     return prompt, answer, m
 
 
@@ -290,9 +294,11 @@ def main(argv=None) -> int:
     m = sub.add_parser("make", help="write a task's data folder")
     t = sub.add_parser("train", help="write the data folder (unless --data exists) and train the task's preset; "
                                      "further --field=value options go to gpu.train")
+    m.add_argument("--seed", type=int, default=0, help="generator seed")
+    t.add_argument("--data-seed", type=int, default=0, help="generator seed, if the data folder must be made "
+                                                            "(--seed=N is gpu.train's seed and passes through)")
     for p in (m, t):
         p.add_argument("task", choices=sorted(TASKS))
-        p.add_argument("--seed", type=int, default=0)
         p.add_argument("--n-train", type=int, default=50000, help="problems in the train split")
         p.add_argument("--n-val", type=int, default=2000, help="problems in the val split")
         p.add_argument("--min-size", type=int, default=None, help="fewest digits / bits / hops (task default)")
@@ -314,7 +320,8 @@ def main(argv=None) -> int:
             extra = dict(width=a.width) if a.task == "addition" else {}
             if a.width is not None and a.task != "addition":
                 raise ValueError("--width applies to the addition task only")
-            man = write_task(a.task, out, a.n_train, a.n_val, a.seed, a.min_size, a.max_size, **extra)
+            seed = a.seed if a.cmd == "make" else a.data_seed
+            man = write_task(a.task, out, a.n_train, a.n_val, seed, a.min_size, a.max_size, **extra)
             print(f"{out}: {a.task}, {man['splits']['train']['tokens']} train / {man['splits']['val']['tokens']} val "
                   f"tokens, labels {man['topics']}")
             print("train it with: python -m gpu.train " + " ".join(train_args(a.task, out, f"runs/{a.task}")))

@@ -227,7 +227,8 @@ def test_extrapolate(runs):
 def test_difficulty(runs):
     res = analyze.difficulty(runs["addition"], windows=16, n_boot=20, progress=False)
     assert_outputs(runs["addition"], "difficulty", ("", "by_value"))
-    assert {r["measure"] for r in res["rhos"]} == {"carry_chain", "lookback", "longest_carry_chain", "operand_length"}
+    assert {r["measure"] for r in res["rhos"]} == {"carry_chain", "lookback", "longest_carry_chain", "operand_length",
+                                                  "significant"}
     r = probe.load_run(runs["addition"])
     ev = probe.eval_windows(r.data_dir, "val", 16, r.cfg.block_size)
     out = probe.collect(r.params, r.cfg, ev.x, ev.y)
@@ -242,6 +243,16 @@ def test_difficulty(runs):
         assert rho["tokens"] == int((m != 255).sum())
     with pytest.raises(ValueError, match="not a synthetic task"):
         analyze.difficulty(runs["bundled"], windows=4, progress=False)
+    # --where keeps only the answer digits of the sum (no padding zeros): fewer tokens, its own output files
+    sub = analyze.difficulty(runs["addition"], windows=16, n_boot=20, progress=False, where="significant=1")
+    kept = (m != 255) & (ev.measures["significant"] == 1)
+    row = next(x for x in sub["rhos"] if x["measure"] == "carry_chain" and x["depth"] == "N")
+    assert row["tokens"] == int(kept.sum()) < int((m != 255).sum())
+    expect = stats.spearman(out["depth"][kept], m[kept])[0]
+    assert (np.isnan(row["rho_token"]) and np.isnan(expect)) or row["rho_token"] == pytest.approx(expect)
+    assert os.path.isfile(os.path.join(runs["addition"], "analysis", "difficulty-significant1.md"))
+    with pytest.raises(ValueError, match="expected MEASURE=VALUE with MEASURE one of"):
+        analyze.difficulty(runs["addition"], windows=4, progress=False, where="carry=1")
 
 
 def test_cli_writes_and_prints(runs, capsys):

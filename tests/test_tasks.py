@@ -63,6 +63,8 @@ def test_addition_answers_and_difficulty_labels(seed, width):
         assert m["lookback"] == [brute_lookback(a, b, p) for p in places]
         assert m["longest_carry_chain"] == [max(m["carry_chain"])] * (w + 1)
         assert m["operand_length"] == [n] * (w + 1)
+        leading_zeros = len(answer) - len(answer.lstrip("0")) if int(answer) else len(answer) - 1
+        assert m["significant"] == [0] * leading_zeros + [1] * (len(answer) - leading_zeros)
 
 
 def test_addition_folder_has_one_width():
@@ -214,3 +216,15 @@ def test_ignore_topics_val_ce_is_the_mean_over_scored_targets(addition_folder, t
     keep = torch.from_numpy(Y) >= 0
     want = torch.nn.functional.cross_entropy(logits[keep], torch.from_numpy(Y)[keep])
     assert ev["val_ce"] == pytest.approx(float(want), rel=1e-5)
+
+
+def test_cli_train_passes_seed_to_gpu_train(addition_folder, tmp_path, monkeypatch):
+    """`gpu.tasks train ... --seed=1` is the training seed (it once went to the data generator and was lost)."""
+    import gpu.train
+    seen = []
+    monkeypatch.setattr(gpu.train, "main", lambda argv: seen.append(argv) or 0)
+    assert tasks.main(["train", "addition", "--data", addition_folder, "--out", str(tmp_path / "r"), "--seed=1",
+                       "--halt-bias-init=-3"]) == 0
+    from gpu.config import parse_args
+    tc, mc, _ = parse_args(seen[0])
+    assert tc.seed == 1 and mc.halt_bias_init == -3 and tc.ignore_topics == "prompt"
