@@ -702,5 +702,6 @@ def print_result(compute) -> int:
     print("wrote " + ", ".join(res["paths"]))
     return 0
 
+
 if __name__ == "__main__":
     sys.exit(main())
