@@ -227,4 +227,4 @@ def test_cli_train_passes_seed_to_gpu_train(addition_folder, tmp_path, monkeypat
                        "--halt-bias-init=-3"]) == 0
     from gpu.config import parse_args
     tc, mc, _ = parse_args(seen[0])
-    assert tc.seed == 1 and mc.halt_bias_init == -3 and tc.ignore_topics == "prompt"
+    assert tc.seed == 1 and mc.halt_bias_init == -3
