@@ -591,6 +591,8 @@ def difficulty(run_dir, windows: int = 512, split: str = "val", data: str | None
     keep = np.ones(depth.shape, bool) if cond is None else ev.measures[cond[0]] == cond[1]
     rhos, per_value = [], []
     for name, m in ev.measures.items():
+        if cond and name == cond[0]:
+            continue  # constant on the kept tokens
         sel = (m != na) & keep
         if not sel.any():
             raise ValueError(f"--where={where!r} keeps no answer token of measure {name!r}")
@@ -632,9 +634,11 @@ def difficulty(run_dir, windows: int = 512, split: str = "val", data: str | None
     for ax, r in zip(axes[0], rhos_n):
         pv = [x for x in per_value if x["measure"] == r["measure"]]
         ax.errorbar([x["value"] for x in pv], [x["mean_depth"] for x in pv], yerr=[x["std_depth"] for x in pv],
-                    fmt="o-", capsize=3)
+                    fmt="o-", capsize=3, label="N (mean +- std)")
+        ax.plot([x["value"] for x in pv], [x["mean_ponder"] for x in pv], "s--", label="ponder cost")
         ax.set_xlabel(r["measure"])
-        ax.set_ylabel("realized depth (mean +- std)")
+        ax.set_ylabel("depth (loop steps)")
+        ax.legend(fontsize=7)
         ax.set_title(f"rho = {r['rho_token']:.2f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}]", fontsize=9)
     fig.suptitle(f"{ev.task['name']}: depth vs difficulty ({run.path})", fontsize=9)
     fig.tight_layout()
