@@ -19,6 +19,8 @@ import torch
 from reference.config import LoopConfig
 from reference.model import param_shapes
 
+from .diagnostics import token_depth
+
 
 @dataclass
 class Run:
@@ -151,8 +153,8 @@ def collect(params: dict, cfg: LoopConfig, x: np.ndarray, y: np.ndarray | None =
     for s in tqdm(starts, desc=desc, disable=not progress or len(starts) < 2, leave=False, dynamic_ncols=True):
         xb = torch.from_numpy(np.ascontiguousarray(x[s:s + batch_size]))
         logits, _, aux = model(xb)
-        n = aux["n_steps"].numpy()
-        part = dict(n_steps=n, depth=n.mean(axis=-1), ponder=aux["ponder_cost"].float().numpy().mean(axis=-1))
+        part = dict(n_steps=aux["n_steps"].numpy(), depth=token_depth(aux),
+                    ponder=aux["ponder_cost"].float().numpy().mean(axis=-1))
         for k in keep:
             part[k] = aux[k].float().numpy()
         if y is not None:

@@ -112,11 +112,11 @@ def scored_tokens(data, split) -> np.ndarray:
     tokens, topics = np.asarray(data[split]), data[f"{split}_topics"]
     if topics is None or len(data["ignore_ids"]) == 0:
         return tokens
-    return tokens[~np.isin(np.asarray(topics), data["ignore_ids"])]
+    return tokens[~np.isin(np.asarray(topics), data["ignore_ids"])]  # stays uint16: no -1 to write into it
 
 
 def mask_targets(y: np.ndarray, topic, ignore_ids: np.ndarray) -> np.ndarray:
-    """y with the targets whose topic is ignored set to -1 (the loss's ignore index). (B, T)"""
+    """y (signed ints) with the targets whose topic is ignored set to -1 (the loss's ignore index). (B, T)"""
     if topic is None or len(ignore_ids) == 0:
         return y
     return np.where(np.isin(topic, ignore_ids), -1, y)
