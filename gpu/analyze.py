@@ -21,7 +21,6 @@ token sitting there.
 """
 from __future__ import annotations
 
-import argparse
 import html
 import io
 import os
@@ -29,8 +28,9 @@ import sys
 
 import numpy as np
 
-from reference.weights import atomic_write_bytes
+from reference.files import atomic_write_bytes
 
+from .cli import command_parser, print_result
 from .probe import collect, eval_windows, load_run, params_for, with_halting, with_loops
 from .stats import (bootstrap_means, bootstrap_spearman, group_sums, markdown_table, pairwise_differences,
                     percentile_ci, spearman, write_csv)
@@ -42,14 +42,6 @@ def _plt():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     return plt
-
-
-def command_parser(prog: str, doc: str) -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
-    """An argparse parser for a `python -m gpu.X COMMAND` tool: first paragraph of `doc` as its description, the rest
-    as its epilog; returns it with its required sub-command group."""
-    ap = argparse.ArgumentParser(prog=prog, description=doc.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=doc.split("\n\n", 1)[1])
-    return ap, ap.add_subparsers(dest="cmd", required=True)
 
 
 def write_outputs(run_dir, name: str, tables: dict, md: str, fig=None, extra: dict | None = None) -> list[str]:
@@ -692,19 +684,6 @@ def main(argv=None) -> int:
                 "extrapolate": lambda: extrapolate(a.run, loops=a.loops, thresholds=a.thresholds, **common),
                 "difficulty": lambda: difficulty(a.run, n_boot=a.boot, where=a.where, **common)}
     return print_result(commands[a.cmd])
-
-
-def print_result(compute) -> int:
-    """Run an analysis (a thunk returning dict(md=..., paths=...)): print its table and the files it wrote, or a
-    one-line error with exit status 2 for bad input."""
-    try:
-        res = compute()
-    except (ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(res["md"])
-    print("wrote " + ", ".join(res["paths"]))
-    return 0
 
 
 if __name__ == "__main__":

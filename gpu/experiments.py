@@ -126,7 +126,7 @@ def iso_flop(out: str, looped_steps: int = 1500, batch_size: int = 16, lr: float
 
 
 def main(argv=None) -> int:
-    from .analyze import command_parser, print_result
+    from .cli import command_parser, print_result
     ap, sub = command_parser("python -m gpu.experiments", __doc__)
     p = sub.add_parser("iso-flop", help="looped vs dense-1x vs dense-Kx at equal training FLOPs")
     p.add_argument("--out", default="runs/iso-flop")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import io
 import os
 
-from reference.weights import atomic_write_bytes
+from reference.files import atomic_write_bytes
 
 
 def depth_histogram_png(hist: list[int], title: str) -> bytes | None:

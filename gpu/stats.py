@@ -12,7 +12,7 @@ import os
 
 import numpy as np
 
-from reference.weights import atomic_write_bytes
+from reference.files import atomic_write_bytes
 
 
 def group_sums(values: np.ndarray, groups: np.ndarray, n_groups: int, mask: np.ndarray | None = None):

@@ -21,7 +21,7 @@ import torch
 import reference
 from reference.accounting import flops_per_token, param_counts
 from reference.train import unigram_loss
-from reference.weights import atomic_write_bytes
+from reference.files import atomic_write_bytes
 
 from . import checkpoint as ckpt
 from .config import RESUMABLE_CHANGES, TrainConfig, parse_args
