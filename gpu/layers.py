@@ -1,8 +1,5 @@
-"""Torch twins of reference/ops.py and reference/block.py: norms, RoPE, causal attention, MLP, the pre-norm block.
-
-Each op is a plain function (what the equivalence suite compares with the reference op) and the modules only
-hold the weights, under the reference's parameter names. Linear weights are (out, in), as in the reference.
-"""
+"""Torch twins of the shared ops of reference/ops.py: norms and RoPE (the bodies live in gpu/body/, the block in
+gpu/block.py). Each op is a plain function (what the equivalence suite compares with the reference op)."""
 from __future__ import annotations
 
 import torch
@@ -34,24 +31,6 @@ def rope(x, cos, sin):
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
 
 
-def attention(x, w_qkv, w_proj, n_head, rope_cs=None):
-    """Causal multi-head self-attention, softmax(q k^T / sqrt(hd) + causal mask) v, then a projection.
-    Fused by scaled_dot_product_attention. x: (B, T, D); w_qkv: (3D, D); w_proj: (D, D); rope_cs: (cos, sin)."""
-    B, T, D = x.shape
-    q, k, v = F.linear(x, w_qkv).view(B, T, 3, n_head, D // n_head).permute(2, 0, 3, 1, 4)  # 3 x (B, H, T, hd)
-    if rope_cs is not None:
-        q, k = rope(q, *rope_cs), rope(k, *rope_cs)
-    y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, H, T, hd)
-    return F.linear(y.transpose(1, 2).reshape(B, T, D), w_proj)
-
-
-def mlp(x, w_fc, w_proj, activation="gelu"):
-    """proj(act(fc(x))), gelu in its tanh approximation: (B, T, D) -> (B, T, F) -> (B, T, D)."""
-    h = F.linear(x, w_fc)
-    h = F.gelu(h, approximate="tanh") if activation == "gelu" else F.relu(h)
-    return F.linear(h, w_proj)
-
-
 class Norm(nn.Module):
     def __init__(self, D, kind):
         super().__init__()
@@ -61,40 +40,3 @@ class Norm(nn.Module):
 
     def forward(self, x):
         return norm(x, self.weight, self.bias, self.kind)
-
-
-class Attention(nn.Module):
-    def __init__(self, cfg):
-        super().__init__()
-        self.n_head = cfg.n_head
-        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
-        self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
-
-    def forward(self, x, rope_cs):
-        return attention(x, self.qkv.weight, self.proj.weight, self.n_head, rope_cs)
-
-
-class MLP(nn.Module):
-    def __init__(self, cfg):
-        super().__init__()
-        self.activation = cfg.activation
-        self.fc = nn.Linear(cfg.d_model, cfg.mlp_ratio * cfg.d_model, bias=False)
-        self.proj = nn.Linear(cfg.mlp_ratio * cfg.d_model, cfg.d_model, bias=False)
-
-    def forward(self, x):
-        return mlp(x, self.fc.weight, self.proj.weight, self.activation)
-
-
-class Block(nn.Module):
-    """Pre-norm block: x + attn(norm(x)), then + mlp(norm(.)) (reference.block.block_forward)."""
-
-    def __init__(self, cfg):
-        super().__init__()
-        self.attn_norm = Norm(cfg.d_model, cfg.norm)
-        self.attn = Attention(cfg)
-        self.mlp_norm = Norm(cfg.d_model, cfg.norm)
-        self.mlp = MLP(cfg)
-
-    def forward(self, x, rope_cs):  # (B, T, D) -> (B, T, D)
-        x = x + self.attn(self.attn_norm(x), rope_cs)
-        return x + self.mlp(self.mlp_norm(x))

@@ -12,7 +12,9 @@ implementation that runs every token until the last one halts spends more.
 """
 from __future__ import annotations
 
-from .config import LoopConfig
+from .body import get_attention, get_ffn
+from .config import LoopConfig, dense_variant
+from .halting import get_rule
 from .model import param_shapes
 
 # Dense bf16 tensor-core peaks (FLOP/s) from the vendors' datasheets, keyed by a part of the device name
@@ -54,17 +56,18 @@ def effective_params(cfg: LoopConfig, mean_depth: float | None = None, non_embed
 
 
 def block_flops(cfg: LoopConfig, seq_len: int | None = None) -> float:
-    """Forward FLOPs per token of one transformer block at context length seq_len (default block_size)."""
-    D, F, T = cfg.d_model, cfg.mlp_ratio * cfg.d_model, seq_len or cfg.block_size
-    return 2 * (4 * D * D + 2 * F * D) + 4 * T * D
+    """Forward FLOPs per token of one transformer block at context length seq_len (default block_size): its
+    attention body plus its FFN body (each body counts its own, reference/body/)."""
+    T = seq_len or cfg.block_size
+    return get_attention(cfg).flops(cfg, T) + get_ffn(cfg).flops(cfg, T)
 
 
 def loop_step_overhead_flops(cfg: LoopConfig) -> float:
-    """Per loop step and group, beyond its blocks: the halting unit (2 D) and the concat injection (4 D^2)."""
+    """Per loop step and group, beyond its blocks: the halting rule's signal (the unit's 2 D) and the concat
+    injection (4 D^2)."""
     D = cfg.d_model
-    halt = 2 * D if cfg.halt in ("act", "pondernet") else 0
     inject = 4 * D * D if cfg.input_injection == "concat" else 0
-    return halt + inject
+    return get_rule(cfg.halt).step_flops(cfg) + inject
 
 
 def flops_per_token(cfg: LoopConfig, mean_depth: float | None = None, seq_len: int | None = None,
@@ -94,5 +97,4 @@ def iso_flop_dense(cfg: LoopConfig, mean_depth: float | None = None, seq_len: in
     target = flops_per_token(cfg, mean_depth, seq_len, training=False)
     head = 2 * cfg.d_model * cfg.vocab_size
     n_layer = max(1, round((target - head) / block_flops(cfg, seq_len)))
-    return cfg.replace(n_prelude=0, n_layer=n_layer, n_coda=0, max_loops=1, min_loops=1, halt="fixed",
-                       loop_scope="layer", input_injection="none", step_scale_init=1.0)
+    return dense_variant(cfg, n_layer)

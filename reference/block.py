@@ -1,35 +1,40 @@
-"""The pre-norm transformer block: x + attn(norm(x)), then + mlp(norm(.)). Parameters live under a prefix."""
+"""The pre-norm transformer block: x + attention(norm(x)), then + ffn(norm(.)). Parameters live under a prefix.
+
+The attention and FFN bodies are components chosen by the config (reference/body/); the block only composes them.
+Names under PREFIX: attn_norm.*, attn.* (the attention body), mlp_norm.*, mlp.* (the FFN body).
+"""
 from __future__ import annotations
 
 from . import ops
+from .body import get_attention, get_ffn
+from .params import ParamSpec, add_grad, constant
+
+__all__ = ["block_param_specs", "block_forward", "block_backward", "stack_forward", "stack_backward", "add_grad",
+           "add_norm_grads", "norm_param_specs", "norm_params"]
 
 
-def block_param_shapes(prefix: str, cfg) -> dict[str, tuple]:
-    """Names and shapes of one block's parameters (torch layout: Linear weights are (out, in))."""
-    D, F = cfg.d_model, cfg.mlp_ratio * cfg.d_model
-    shapes = {
-        f"{prefix}.attn_norm.weight": (D,),
-        f"{prefix}.attn.qkv.weight": (3 * D, D),
-        f"{prefix}.attn.proj.weight": (D, D),
-        f"{prefix}.mlp_norm.weight": (D,),
-        f"{prefix}.mlp.fc.weight": (F, D),
-        f"{prefix}.mlp.proj.weight": (D, F),
-    }
+def norm_param_specs(name: str, cfg) -> dict[str, ParamSpec]:
+    """A norm's gain (init 1) and, for LayerNorm, its bias (init 0)."""
+    specs = {f"{name}.weight": constant(cfg.d_model, value=1.0)}
     if cfg.norm == "layernorm":
-        shapes[f"{prefix}.attn_norm.bias"] = (D,)
-        shapes[f"{prefix}.mlp_norm.bias"] = (D,)
-    return shapes
+        specs[f"{name}.bias"] = constant(cfg.d_model, value=0.0)
+    return specs
+
+
+def block_param_specs(prefix: str, cfg) -> dict[str, ParamSpec]:
+    """Every parameter of one block, name -> ParamSpec (torch layout: Linear weights are (out, in)). The order is
+    the one of files and seeded tests from before the body components: gains and bodies first, LayerNorm biases
+    last (the biases draw no random numbers, so only the listing order depends on it)."""
+    attn_norm, mlp_norm = norm_param_specs(f"{prefix}.attn_norm", cfg), norm_param_specs(f"{prefix}.mlp_norm", cfg)
+    gains = lambda specs: {k: v for k, v in specs.items() if k.endswith(".weight")}  # noqa: E731
+    biases = lambda specs: {k: v for k, v in specs.items() if not k.endswith(".weight")}  # noqa: E731
+    return {**gains(attn_norm), **get_attention(cfg).param_specs(f"{prefix}.attn", cfg),
+            **gains(mlp_norm), **get_ffn(cfg).param_specs(f"{prefix}.mlp", cfg), **biases(attn_norm), **biases(mlp_norm)}
 
 
 def norm_params(params, name):
     """(weight, bias) of the norm called `name` (bias is None for RMSNorm)."""
     return params[f"{name}.weight"], params.get(f"{name}.bias")
-
-
-def add_grad(grads, name, g):
-    """Accumulate a gradient: a weight used at several loop steps sums its gradients (weight tying)."""
-    if g is not None:
-        grads[name] = grads[name] + g if name in grads else g
 
 
 def add_norm_grads(grads, name, dweight, dbias):
@@ -39,28 +44,23 @@ def add_norm_grads(grads, name, dweight, dbias):
 
 def block_forward(params, prefix, x, cfg, rope):
     """x: (B, T, D) -> (B, T, D)."""
-    p = params
-    a_in, c_n1 = ops.norm_forward(x, *norm_params(p, f"{prefix}.attn_norm"), kind=cfg.norm)
-    a, c_att = ops.attention_forward(a_in, p[f"{prefix}.attn.qkv.weight"], p[f"{prefix}.attn.proj.weight"],
-                                     cfg.n_head, rope)
+    attention, ffn = get_attention(cfg), get_ffn(cfg)
+    a_in, c_n1 = ops.norm_forward(x, *norm_params(params, f"{prefix}.attn_norm"), kind=cfg.norm)
+    a, c_att = attention.forward(params, f"{prefix}.attn", a_in, cfg, rope)
     x1 = x + a
-    m_in, c_n2 = ops.norm_forward(x1, *norm_params(p, f"{prefix}.mlp_norm"), kind=cfg.norm)
-    m, c_mlp = ops.mlp_forward(m_in, p[f"{prefix}.mlp.fc.weight"], p[f"{prefix}.mlp.proj.weight"], cfg.activation)
-    return x1 + m, (prefix, c_n1, c_att, c_n2, c_mlp)
+    m_in, c_n2 = ops.norm_forward(x1, *norm_params(params, f"{prefix}.mlp_norm"), kind=cfg.norm)
+    m, c_ffn = ffn.forward(params, f"{prefix}.mlp", m_in, cfg, rope)
+    return x1 + m, (prefix, attention, ffn, c_n1, c_att, c_n2, c_ffn)
 
 
 def block_backward(dout, cache, grads):
     """Adds the block's weight gradients to `grads`; returns dx (B, T, D)."""
-    prefix, c_n1, c_att, c_n2, c_mlp = cache
-    dm_in, dw_fc, dw_proj = ops.mlp_backward(dout, c_mlp)
-    add_grad(grads, f"{prefix}.mlp.fc.weight", dw_fc)
-    add_grad(grads, f"{prefix}.mlp.proj.weight", dw_proj)
+    prefix, attention, ffn, c_n1, c_att, c_n2, c_ffn = cache
+    dm_in = ffn.backward(dout, c_ffn, grads)
     dx1_n, dw, db = ops.norm_backward(dm_in, c_n2)
     add_norm_grads(grads, f"{prefix}.mlp_norm", dw, db)
     dx1 = dout + dx1_n
-    da_in, dw_qkv, dw_proj = ops.attention_backward(dx1, c_att)
-    add_grad(grads, f"{prefix}.attn.qkv.weight", dw_qkv)
-    add_grad(grads, f"{prefix}.attn.proj.weight", dw_proj)
+    da_in = attention.backward(dx1, c_att, grads)
     dx_n, dw, db = ops.norm_backward(da_in, c_n1)
     add_norm_grads(grads, f"{prefix}.attn_norm", dw, db)
     return dx1 + dx_n

@@ -9,8 +9,13 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from .body import ATTENTIONS, FFNS
+from .halting import RULES
+
 LOOP_SCOPES = ("stack", "layer")
-HALT_MODES = ("fixed", "act", "pondernet", "converge")
+HALT_MODES = tuple(RULES)          # the registered halting rules (reference/halting/__init__.py)
+ATTENTION_BODIES = tuple(ATTENTIONS)  # the registered block bodies (reference/body/__init__.py)
+FFN_BODIES = tuple(FFNS)
 INJECTIONS = ("none", "add", "concat")
 NORMS = ("rmsnorm", "layernorm")
 ACTIVATIONS = ("gelu", "relu")
@@ -21,10 +26,10 @@ class LoopConfig:
     """Every architectural knob of an adaptive looped transformer. Validated at construction."""
 
     # sizes
-    vocab_size: int = 256
+    vocab_size: int = 256          # token ids in [0, vocab_size); gpu.train sets it from the data's tokenizer
     block_size: int = 64           # longest sequence the model accepts (context length)
-    d_model: int = 64
-    n_head: int = 4
+    d_model: int = 64              # width D of the residual stream
+    n_head: int = 4                # attention heads (head width D / n_head, even with RoPE)
     mlp_ratio: int = 4             # hidden width of the MLP = mlp_ratio * d_model
     n_prelude: int = 1             # unique blocks run once before the loop
     n_layer: int = 1               # unique core blocks, the ones that loop
@@ -36,20 +41,22 @@ class LoopConfig:
     input_injection: str = "none"  # feed the loop input e into every step: none | add | concat
     step_scale_init: float = 0.1   # gamma of s_k = s_{k-1} + gamma * r(x_k); near zero = near-identity loops
     # halting
-    halt: str = "act"              # fixed | act | pondernet | converge
-    act_eps: float = 0.01          # ACT halts once the cumulative halting sum reaches 1 - eps
+    halt: str = "act"              # halting rule: fixed | act | pondernet | converge
+    act_eps: float = 0.01          # ACT halts once the cumulative halting sum reaches 1 - eps (PonderNet: survival <= eps)
     halt_bias_init: float = 1.0    # Graves 2016 uses +1 (halt early); "deep start" uses -3
     halt_penalty: float = 0.001    # tau: weight of the mean ponder cost in the loss (0.01 collapses tiny to depth 1)
     pondernet_prior: float = 0.5   # lambda_p of the truncated geometric prior
     pondernet_beta: float = 0.01   # beta: weight of KL(p || prior) in the loss
     converge_tol: float = 0.05     # converge halts once ||s_k - s_{k-1}|| / ||s_{k-1}|| < tol
     # block body
-    norm: str = "rmsnorm"
-    activation: str = "gelu"
+    attention: str = "softmax"     # attention body: softmax (causal multi-head softmax attention)
+    ffn: str = "mlp"               # feed-forward body: mlp (two layers with the activation below)
+    norm: str = "rmsnorm"          # rmsnorm | layernorm, before each body and at the end
+    activation: str = "gelu"       # gelu (tanh approximation) | relu
     rope: bool = True              # rotary position embeddings; False = learned absolute positions
-    rope_base: float = 10000.0
+    rope_base: float = 10000.0     # RoPE angle of position t, pair i: t * rope_base^(-2i / head_dim)
     tie_embeddings: bool = True    # LM head shares the token embedding matrix
-    init_std: float = 0.02
+    init_std: float = 0.02         # std of the normal init of weights (residual projections scaled down, GPT-2)
 
     def __post_init__(self):
         _validate(self)
@@ -115,7 +122,8 @@ def _validate(c: LoopConfig) -> None:
     if c.min_loops > c.max_loops:
         _fail("min_loops", c.min_loops, f"an int in [1, max_loops={c.max_loops}]")
     for name, options in (("loop_scope", LOOP_SCOPES), ("halt", HALT_MODES), ("input_injection", INJECTIONS),
-                          ("norm", NORMS), ("activation", ACTIVATIONS)):
+                          ("norm", NORMS), ("activation", ACTIVATIONS), ("attention", ATTENTION_BODIES),
+                          ("ffn", FFN_BODIES)):
         if getattr(c, name) not in options:
             _fail(name, getattr(c, name), f"one of {options}")
     if not 0 < c.act_eps < 1:
@@ -129,20 +137,26 @@ def _validate(c: LoopConfig) -> None:
         _fail("rope_base", c.rope_base, "a number > 0")
 
 
+def dense_variant(cfg: LoopConfig, n_layer: int) -> LoopConfig:
+    """The dense baseline of `cfg`'s width: n_layer unique blocks run once each, no prelude/coda, no looping,
+    no halting, no injection, a unit step scale (so each block is a plain residual block)."""
+    return cfg.replace(n_prelude=0, n_layer=n_layer, n_coda=0, max_loops=1, min_loops=1, halt="fixed",
+                       loop_scope="layer", input_injection="none", step_scale_init=1.0)
+
+
 # Presets. Parameter counts follow Kaplan et al.: the "100m"/"400m" in a name counts the
 # non-embedding parameters (unique ones for the looped model, effective=unrolled at max depth).
 _GPT2 = dict(vocab_size=50304, block_size=1024, d_model=1024, n_head=16)
+_LOOPED_100M = LoopConfig(**_GPT2, n_prelude=1, n_layer=6, n_coda=1, max_loops=4)
 PRESETS: dict[str, LoopConfig] = {
     # a few seconds a step in numpy: for tests, tutorials and the CPU default run
     "tiny": LoopConfig(),
     # 8 unique blocks (~101M non-embedding params), core of 6 looped up to 4 times = 26 effective blocks
-    "looped-100m": LoopConfig(**_GPT2, n_prelude=1, n_layer=6, n_coda=1, max_loops=4),
+    "looped-100m": _LOOPED_100M,
     # same unique parameters as looped-100m, no looping
-    "dense-100m": LoopConfig(**_GPT2, n_prelude=0, n_layer=8, n_coda=0, max_loops=1, halt="fixed",
-                             loop_scope="layer", step_scale_init=1.0),
+    "dense-100m": dense_variant(_LOOPED_100M, 8),
     # same training FLOPs per token as looped-100m at its full depth of 4 (= iso_flop_dense(looped-100m, 4))
-    "dense-400m": LoopConfig(**_GPT2, n_prelude=0, n_layer=26, n_coda=0, max_loops=1, halt="fixed",
-                             loop_scope="layer", step_scale_init=1.0),
+    "dense-400m": dense_variant(_LOOPED_100M, 26),
 }
 
 

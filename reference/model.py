@@ -2,18 +2,22 @@
 
 tokens (B, T) -> embed (+ learned positions unless RoPE) -> prelude blocks -> loop groups -> coda blocks
        -> final norm -> logits (B, T, V) = x @ W_head^T, W_head = embed.weight when tied.
-loss = mean cross-entropy + halt_penalty * mean ponder cost   (act, pondernet)
-                          + pondernet_beta * mean KL(p || prior)   (pondernet)
-Means run over tokens and loop groups; `fixed` and `converge` have no halting term.
+loss = mean cross-entropy + sum over the halting rule's loss weights of coefficient * mean aux entry:
+       act: halt_penalty * mean ponder cost; pondernet: that + pondernet_beta * mean KL(p || prior);
+       fixed and converge: no halting term. Means run over tokens and loop groups.
+Parameters are declared with their init by the components that own them (reference/params.py).
 """
 from __future__ import annotations
 
 import numpy as np
 
 from . import ops
-from .block import add_grad, add_norm_grads, block_param_shapes, norm_params, stack_backward, stack_forward
+from .block import add_norm_grads, block_param_specs, norm_param_specs, norm_params, stack_backward, stack_forward
+from .checks import check_targets, check_tokens
 from .config import LoopConfig
-from .loop import has_halting_unit, loop_backward, loop_forward, loop_param_shapes
+from .halting import get_rule
+from .loop import loop_backward, loop_forward, loop_param_specs
+from .params import ParamSpec, add_grad, normal
 
 AUX_KEYS = ("n_steps", "remainder", "ponder_cost", "kl", "weights", "halt_probs", "deltas", "halt_margin")
 
@@ -26,48 +30,34 @@ def coda_names(cfg):
     return [f"coda.{i}" for i in range(cfg.n_coda)]
 
 
-def param_shapes(cfg: LoopConfig) -> dict[str, tuple]:
-    """Every parameter name -> shape. Independent of max_loops: looping adds depth, not weights."""
+def param_specs(cfg: LoopConfig) -> dict[str, ParamSpec]:
+    """Every parameter name -> ParamSpec (shape and init), in the order init_params draws them. Independent of
+    max_loops: looping adds depth, not weights."""
     V, D = cfg.vocab_size, cfg.d_model
-    shapes = {"embed.weight": (V, D)}
+    specs = {"embed.weight": normal(V, D, std=cfg.init_std)}
     if not cfg.rope:
-        shapes["pos.weight"] = (cfg.block_size, D)
+        specs["pos.weight"] = normal(cfg.block_size, D, std=cfg.init_std)
     for prefix in prelude_names(cfg) + [f"core.{i}" for i in range(cfg.n_layer)] + coda_names(cfg):
-        shapes.update(block_param_shapes(prefix, cfg))
+        specs.update(block_param_specs(prefix, cfg))
     for g in range(cfg.n_groups):
-        shapes.update(loop_param_shapes(g, cfg))
-    shapes["norm_f.weight"] = (D,)
-    if cfg.norm == "layernorm":
-        shapes["norm_f.bias"] = (D,)
+        specs.update(loop_param_specs(g, cfg))
+    specs.update(norm_param_specs("norm_f", cfg))
     if not cfg.tie_embeddings:
-        shapes["lm_head.weight"] = (V, D)
-    return shapes
+        specs["lm_head.weight"] = normal(V, D, std=cfg.init_std)
+    return specs
+
+
+def param_shapes(cfg: LoopConfig) -> dict[str, tuple]:
+    """Every parameter name -> shape."""
+    return {name: spec.shape for name, spec in param_specs(cfg).items()}
 
 
 def init_params(cfg: LoopConfig, seed: int = 0, dtype="float32") -> dict[str, np.ndarray]:
-    """Weights ~ N(0, init_std); residual output projections scaled by 1/sqrt(2 * effective depth) (GPT-2);
-    norms 1 (bias 0); step scale = step_scale_init; halting bias = halt_bias_init, its weight N(0, init_std);
-    the concat injection starts as [I 0] + noise so that x_1 ~ s_0."""
+    """Each parameter drawn as its component declares it (param_specs), in order from one generator: weights
+    N(0, init_std), residual output projections N(0, init_std / sqrt(2 * effective depth)) (GPT-2), norms 1
+    (bias 0), step scale step_scale_init, the halting unit's bias halt_bias_init, the concat injection [I 0] + noise."""
     rng = np.random.default_rng(seed)
-    depth = cfg.n_prelude + cfg.n_layer * cfg.max_loops + cfg.n_coda
-    params = {}
-    for name, shape in param_shapes(cfg).items():
-        leaf = name.rsplit(".", 2)
-        if name.endswith("norm.weight") or name == "norm_f.weight":
-            w = np.ones(shape)
-        elif name.endswith(".bias") and "halt" not in name:
-            w = np.zeros(shape)
-        elif name.endswith("step_scale"):
-            w = np.full(shape, cfg.step_scale_init)
-        elif name.endswith("halt.bias"):
-            w = np.full(shape, cfg.halt_bias_init)
-        else:
-            std = cfg.init_std / np.sqrt(2 * depth) if leaf[-2] == "proj" else cfg.init_std
-            w = rng.normal(0.0, std, size=shape)
-            if name.endswith("inject.weight"):
-                w[:, : cfg.d_model] += np.eye(cfg.d_model)
-        params[name] = w.astype(dtype)
-    return params
+    return {name: spec.draw(rng).astype(dtype) for name, spec in param_specs(cfg).items()}
 
 
 def check_params(params, cfg: LoopConfig) -> None:
@@ -80,25 +70,6 @@ def check_params(params, cfg: LoopConfig) -> None:
     if problems:
         raise ValueError("parameters do not match the config: " + "; ".join(problems)
                          + ". Build them with init_params(config) or load the file saved with this config.")
-
-
-def check_tokens(tokens, cfg: LoopConfig, name="tokens") -> None:
-    """ValueError for anything but an integer (B, T) array with ids in [0, vocab) and T <= block_size."""
-    if not hasattr(tokens, "ndim") or tokens.ndim != 2:
-        raise ValueError(f"{name} must be a 2-D integer array (batch, time); got shape {getattr(tokens, 'shape', None)}")
-    if tokens.dtype.kind not in "iu":
-        raise ValueError(f"{name} must hold integer token ids; got dtype {tokens.dtype}")
-    B, T = tokens.shape
-    if B < 1:
-        raise ValueError(f"{name} hold an empty batch (shape {tokens.shape}): give at least one sequence")
-    if T < 1 or T > cfg.block_size:
-        raise ValueError(f"{name} has length {T}, must be in [1, block_size={cfg.block_size}]: "
-                         f"cut the sequence or raise block_size")
-    lo, hi = int(tokens.min()), int(tokens.max())
-    floor = -1 if name == "targets" else 0
-    if lo < floor or hi >= cfg.vocab_size:
-        raise ValueError(f"{name} contain ids in [{lo}, {hi}], outside [{floor}, vocab_size={cfg.vocab_size}): "
-                         f"use the tokenizer the model was built for or raise vocab_size")
 
 
 def _rope(cfg, T, xp, dtype):
@@ -142,18 +113,9 @@ def forward(params, tokens, cfg: LoopConfig, _keep_cache=False):
     return logits, aux
 
 
-def halting_loss_terms(aux, cfg):
-    """(ponder term, kl term) of the loss: halt_penalty * mean ponder cost, pondernet_beta * mean KL."""
-    ponder = cfg.halt_penalty * aux["ponder_cost"].mean() if has_halting_unit(cfg) else 0.0
-    kl = cfg.pondernet_beta * aux["kl"].mean() if cfg.halt == "pondernet" else 0.0
-    return ponder, kl
-
-
-def check_targets(targets, tokens, cfg: LoopConfig) -> None:
-    """Targets: like tokens (ids may also be -1, ignored by the loss) and of the same shape."""
-    check_tokens(targets, cfg, "targets")
-    if targets.shape != tokens.shape:
-        raise ValueError(f"targets shape {targets.shape} differs from tokens shape {tokens.shape}")
+def halting_loss_terms(aux, cfg) -> dict[str, float]:
+    """The halting rule's terms of the loss: aux key -> coefficient * mean over tokens and groups of aux[key]."""
+    return {key: coef * aux[key].mean() for key, coef in get_rule(cfg.halt).loss_weights(cfg).items()}
 
 
 def loss(params, tokens, targets, cfg: LoopConfig):
@@ -161,8 +123,9 @@ def loss(params, tokens, targets, cfg: LoopConfig):
     check_targets(targets, tokens, cfg)
     logits, aux = forward(params, tokens, cfg)
     ce, _ = ops.cross_entropy_forward(logits, targets)
-    ponder, kl = halting_loss_terms(aux, cfg)
-    return ce + ponder + kl, dict(ce=ce, ponder=ponder, kl=kl, logits=logits, aux=aux)
+    terms = halting_loss_terms(aux, cfg)
+    return ce + sum(terms.values()), dict(ce=ce, ponder=terms.get("ponder_cost", 0.0), kl=terms.get("kl", 0.0),
+                                          logits=logits, aux=aux)
 
 
 def forward_backward(params, tokens, targets, cfg: LoopConfig):
@@ -170,7 +133,7 @@ def forward_backward(params, tokens, targets, cfg: LoopConfig):
     check_targets(targets, tokens, cfg)
     logits, aux, (c_emb, c_pre, c_loops, c_coda, c_norm, c_head, T) = forward(params, tokens, cfg, _keep_cache=True)
     ce, c_ce = ops.cross_entropy_forward(logits, targets)
-    ponder, kl = halting_loss_terms(aux, cfg)
+    terms = halting_loss_terms(aux, cfg)
     xp = ops.xp_of(logits)
     grads = {}
     dlogits = ops.cross_entropy_backward(1.0, c_ce)
@@ -181,11 +144,10 @@ def forward_backward(params, tokens, targets, cfg: LoopConfig):
     dx = stack_backward(dx, c_coda, grads)
     B = tokens.shape[0]
     n = B * T * cfg.n_groups  # the halting terms are means over tokens and groups
-    dtype = logits.dtype
-    dponder = xp.full((B, T), cfg.halt_penalty / n if has_halting_unit(cfg) else 0.0, dtype=dtype)
-    dkl = xp.full((B, T), cfg.pondernet_beta / n if cfg.halt == "pondernet" else 0.0, dtype=dtype)
+    daux = {key: xp.full((B, T), coef / n, dtype=logits.dtype)
+            for key, coef in get_rule(cfg.halt).loss_weights(cfg).items()}
     for c in reversed(c_loops):
-        dx = loop_backward(dx, dponder, dkl, c, params, cfg, grads)
+        dx = loop_backward(dx, daux, c, params, cfg, grads)
     dx = stack_backward(dx, c_pre, grads)
     if not cfg.rope:
         dpos = xp.zeros_like(params["pos.weight"])
@@ -195,7 +157,7 @@ def forward_backward(params, tokens, targets, cfg: LoopConfig):
     for name, value in params.items():  # a weight no path reached (e.g. an unused step) gets zeros
         if name not in grads:
             grads[name] = xp.zeros_like(value)
-    return ce + ponder + kl, grads, logits, aux
+    return ce + sum(terms.values()), grads, logits, aux
 
 
 def loss_and_grads(params, tokens, targets, cfg: LoopConfig):

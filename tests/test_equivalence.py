@@ -18,6 +18,8 @@ from equivalence_helpers import (TOLERANCES, TORCH_DTYPES, assert_close, autocas
                                  to_numpy, torch_device)
 from gpu import halting as GH
 from gpu import layers as L
+from gpu.body.mlp import mlp as torch_mlp
+from gpu.body.softmax_attention import attention as torch_attention
 from gpu.model import LoopedTransformer, from_reference, load, save
 from reference import halting as RH
 from reference import ops, optim, weights
@@ -69,7 +71,7 @@ def _attention_case(use_rope):
 
     def tch(x, w_qkv, w_proj, H):
         cs = L.rope_tables(x.shape[1], x.shape[2] // H, 10000.0, x.device) if use_rope else None
-        return L.attention(x, w_qkv, w_proj, H, cs)
+        return torch_attention(x, w_qkv, w_proj, H, cs)
 
     return inputs, ref, tch
 
@@ -83,7 +85,7 @@ def _mlp_case(act):
         out, c = ops.mlp_forward(x, w_fc, w_proj, act)
         return out, lambda dy: dict(zip(("x", "w_fc", "w_proj"), ops.mlp_backward(dy, c)))
 
-    return inputs, ref, lambda x, w_fc, w_proj: L.mlp(x, w_fc, w_proj, act)
+    return inputs, ref, lambda x, w_fc, w_proj: torch_mlp(x, w_fc, w_proj, act)
 
 
 def _cross_entropy_case():
@@ -146,41 +148,33 @@ def test_equivalence_op(op, backend, dtype, seed):
 HALT_FIELDS = ("weights", "remainder", "ponder_cost", "kl", "margin")
 
 
-@pytest.mark.parametrize("rule", ["act", "pondernet", "converge", "fixed"])
+@pytest.mark.parametrize("rule", sorted(RH.RULES))
 @pytest.mark.parametrize("backend,dtype", ALL)
 @given(seed=st.integers(0, 2 ** 32 - 1), K=st.integers(1, 6), eps=st.sampled_from([0.01, 0.1, 0.3]),
        prior=st.floats(0.1, 0.9), data=st.data())
 def test_equivalence_halting(rule, backend, dtype, seed, K, eps, prior, data):
-    """reference.halting vs gpu.halting (or the reference on CuPy): every output, and the gradient of a random
-    linear function of (weights, ponder cost, kl) w.r.t. the signals vs act_backward / pondernet_backward."""
+    """Every registered rule: reference.halting's resolve vs gpu.halting's (or the reference on CuPy), every
+    output, and the gradient of a random linear function of (weights, ponder cost, kl) w.r.t. the signals:
+    autograd vs the reference's hand-written resolve_backward. The same draw serves as signals and deltas."""
     min_loops = data.draw(st.integers(1, K))
+    cfg = R.LoopConfig(halt=rule, max_loops=K, min_loops=min_loops, act_eps=eps, pondernet_prior=prior,
+                       converge_tol=0.25)
     rng = np.random.default_rng(seed)
     shape = (int(rng.integers(1, 4)), int(rng.integers(1, 5)))
     x = round_to(dict(x=rng.uniform(0, 1 if rule != "converge" else 0.5, shape + (K,))), dtype)["x"]
     dw, dp, dk = rng.normal(size=shape + (K,)), rng.normal(size=shape), rng.normal(size=shape)
-
-    def ref_rule(xp, v):
-        if rule == "act":
-            return RH.act(v, eps, min_loops)
-        if rule == "pondernet":
-            return RH.pondernet(v, eps, min_loops, prior)
-        if rule == "converge":
-            return RH.converge(v, 0.25, min_loops)
-        return RH.fixed(v.shape[:-1], K, xp, v.dtype)
-
-    expected = ref_rule(np, x)
+    ref_rule, torch_rule = RH.get_rule(rule), GH.get_rule(rule)
+    expected = ref_rule.resolve(x, x, cfg)
     assume(float(expected.margin.min()) > TOLERANCES[dtype]["flip_margin"])
-    dsig = {"act": lambda: RH.act_backward(x, eps, min_loops, dw, dp),
-            "pondernet": lambda: RH.pondernet_backward(x, eps, min_loops, prior, dw, dp, dk)}.get(rule)
+    dsig = ref_rule.resolve_backward(x, cfg, dw, dp, dk)
+    grad = None
     if backend == "cupy":
         import cupy
-        res = ref_rule(cupy, cupy.asarray(x.astype(storage_dtype(dtype))))
-        grad = None
+        v = cupy.asarray(x.astype(storage_dtype(dtype)))
+        res = ref_rule.resolve(v, v, cfg)
     else:
         v = torch.tensor(x, dtype=TORCH_DTYPES[dtype], device=torch_device(backend), requires_grad=True)
-        res = {"act": lambda: GH.act(v, eps, min_loops), "pondernet": lambda: GH.pondernet(v, eps, min_loops, prior),
-               "converge": lambda: GH.converge(v, 0.25, min_loops), "fixed": lambda: GH.fixed(v[..., 0], K)}[rule]()
-        grad = None
+        res = torch_rule.resolve(v, v, cfg)
         if dsig is not None:
             def t(a):
                 return torch.as_tensor(a, dtype=v.dtype, device=v.device)
@@ -191,7 +185,7 @@ def test_equivalence_halting(rule, backend, dtype, seed, K, eps, prior, data):
     for field in HALT_FIELDS:
         assert_close(to_numpy(getattr(res, field)), getattr(expected, field), dtype, f"{rule} {field}")
     if grad is not None:
-        assert_close(grad, dsig(), dtype, f"{rule} d signals")
+        assert_close(grad, dsig, dtype, f"{rule} d signals")
 
 
 # ----------------------------------------------------------------------------- the model

@@ -1,0 +1,57 @@
+"""Torch twin of reference/loop.py: one loop group, its own parameters and one step of its update.
+
+A loop group with input e runs, for k = 1..K:
+    x_k = inject(s_{k-1}, e);  r_k = F(x_k) - x_k;  s_k = s_{k-1} + m_k * gamma * r_k;  o = sum_k weights_k s_k
+with m_k = 0 once a token has halted (its state frozen). *How* the steps run is the executor's business
+(gpu/executors/); *who halts* is the halting rule's (gpu/halting/); this module holds the parameters and the maths
+of one step, and combines the step states with the rule's weights.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from .executors import get_executor
+from .halting import get_rule
+
+
+class LoopGroup(nn.Module):
+    """One group of weight-tied core blocks run up to max_loops times with per-token halting. The blocks
+    themselves live in the model's `core` list (so their names stay core.i.*) and are passed to forward.
+    Parameters: step_scale (D,), the halting rule's unit (halt.weight, halt.bias) if it has one, inject (D, 2D)
+    for the concat injection."""
+
+    def __init__(self, cfg, executor: str = "masked"):
+        super().__init__()
+        self.cfg = cfg
+        self.rule = get_rule(cfg.halt)
+        self.run_steps = get_executor(executor)
+        self.step_scale = nn.Parameter(torch.full((cfg.d_model,), cfg.step_scale_init))  # gamma (D,)
+        self.halt = self.rule.make_unit(cfg)
+        D = cfg.d_model
+        self.inject = nn.Linear(2 * D, D, bias=False) if cfg.input_injection == "concat" else None
+
+    def step(self, blocks, s, e, rope_cs):
+        """r = F(inject(s, e)) - inject(s, e): the un-scaled update of one loop step. (B, T, D) -> (B, T, D)."""
+        mode = self.cfg.input_injection
+        x = s if mode == "none" else s + e if mode == "add" else self.inject(torch.cat([s, e], dim=-1))
+        y = x
+        for block in blocks:
+            y = block(y, rope_cs)
+        return y - x
+
+    def signal(self, s, k: int):
+        """The halting signal h_k (B, T) of state s after step k: the unit's, from step min_loops on; else 0."""
+        if self.halt is None or k < self.cfg.min_loops:
+            return torch.zeros(s.shape[:2], dtype=s.dtype, device=s.device)
+        return self.halt(s)
+
+    def forward(self, blocks, e, rope_cs, loops: int | None = None):
+        """e: (B, T, D) -> (o (B, T, D), aux of (B, T[, K]) tensors). loops: max_loops for this call (None = cfg's)."""
+        K = self.cfg.max_loops if loops is None else loops
+        states, signals, deltas = self.run_steps(self, blocks, e, rope_cs, K)
+        res = self.rule.resolve(signals, deltas, self.cfg)
+        o = sum(res.weights[..., k, None] * s_k for k, s_k in enumerate(states))  # (B, T, D)
+        aux = dict(weights=res.weights, n_steps=res.n_steps, remainder=res.remainder, ponder_cost=res.ponder_cost,
+                   kl=res.kl, halt_margin=res.margin, halt_probs=signals, deltas=deltas)
+        return o, aux

@@ -1,0 +1,40 @@
+"""`attention="softmax"`: causal multi-head softmax attention (Vaswani et al. 2017) with optional RoPE.
+
+    y = W_proj concat_h softmax(q_h k_h^T / sqrt(hd) + causal mask) v_h,   [q; k; v] = W_qkv x
+Parameters under PREFIX (= "<block>.attn"): qkv.weight (3D, D), proj.weight (D, D), torch's (out, in) layout.
+The math lives in reference.ops.attention_forward / attention_backward; this file is the component around it.
+"""
+from __future__ import annotations
+
+from .. import ops
+from ..params import add_grad, normal, residual_std
+
+
+def param_specs(prefix: str, cfg) -> dict:
+    """qkv ~ N(0, init_std); the output projection writes into the residual stream: N(0, residual_std)."""
+    D = cfg.d_model
+    return {f"{prefix}.qkv.weight": normal(3 * D, D, std=cfg.init_std),
+            f"{prefix}.proj.weight": normal(D, D, std=residual_std(cfg))}
+
+
+def forward(params, prefix: str, x, cfg, rope):
+    """x: (B, T, D) -> (B, T, D)."""
+    out, cache = ops.attention_forward(x, params[f"{prefix}.qkv.weight"], params[f"{prefix}.proj.weight"],
+                                       cfg.n_head, rope)
+    return out, (prefix, cache)
+
+
+def backward(dout, cache, grads):
+    """Adds the weight gradients to `grads`; returns dx (B, T, D)."""
+    prefix, c = cache
+    dx, dw_qkv, dw_proj = ops.attention_backward(dout, c)
+    add_grad(grads, f"{prefix}.qkv.weight", dw_qkv)
+    add_grad(grads, f"{prefix}.proj.weight", dw_proj)
+    return dx
+
+
+def flops(cfg, seq_len: int) -> float:
+    """Forward FLOPs per token: the projections 2 (3 D^2 + D^2), scores and weighted sum 2 T D each over the full
+    context T (causal masking is not discounted, the nanoGPT / PaLM convention)."""
+    D = cfg.d_model
+    return 2 * 4 * D * D + 4 * seq_len * D
