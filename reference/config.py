@@ -7,6 +7,7 @@ tokens -> embed -> prelude (unique blocks, once)
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 from .body import ATTENTIONS, FFNS
@@ -107,6 +108,8 @@ def _validate(c: LoopConfig) -> None:
             _fail(f.name, v, "an int")
         if f.type in ("float", float) and (isinstance(v, bool) or not isinstance(v, (int, float))):
             _fail(f.name, v, "a number")
+        if f.type in ("float", float) and not math.isfinite(v):
+            _fail(f.name, v, "a finite number (not nan or inf)")
         if f.type in ("bool", bool) and not isinstance(v, bool):
             _fail(f.name, v, "True or False")
     for name in ("vocab_size", "block_size", "d_model", "n_head", "mlp_ratio", "max_loops", "min_loops", "n_layer"):
@@ -121,9 +124,9 @@ def _validate(c: LoopConfig) -> None:
         _fail("d_model", c.d_model, f"d_model / n_head even for RoPE (head_dim={c.head_dim})")
     if c.min_loops > c.max_loops:
         _fail("min_loops", c.min_loops, f"an int in [1, max_loops={c.max_loops}]")
-    for name, options in (("loop_scope", LOOP_SCOPES), ("halt", HALT_MODES), ("input_injection", INJECTIONS),
-                          ("norm", NORMS), ("activation", ACTIVATIONS), ("attention", ATTENTION_BODIES),
-                          ("ffn", FFN_BODIES)):
+    registered = (("halt", tuple(RULES)), ("attention", tuple(ATTENTIONS)), ("ffn", tuple(FFNS)))  # read live
+    for name, options in (("loop_scope", LOOP_SCOPES), ("input_injection", INJECTIONS), ("norm", NORMS),
+                          ("activation", ACTIVATIONS), *registered):
         if getattr(c, name) not in options:
             _fail(name, getattr(c, name), f"one of {options}")
     if not 0 < c.act_eps < 1:

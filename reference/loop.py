@@ -126,7 +126,7 @@ def loop_backward(do, dloss_aux, cache, params, cfg, grads):
     dgamma = xp.zeros_like(gamma)
     for k in reversed(range(cfg.max_loops)):
         ds = ds + weights[..., k, None] * do
-        if unit_caches[k] is not None:
+        if unit_caches[k] is not None and dsig is not None:  # a rule may send no gradient to its unit
             ds = ds + unit_backward(dsig[..., k], unit_caches[k], params, grads)
         if step_caches[k] is not None:  # s_k = s_{k-1} + m gamma r_k; identity path carries ds back
             mask, r, c_step = step_caches[k]

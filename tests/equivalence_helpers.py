@@ -14,6 +14,7 @@ import torch
 from hypothesis import assume, strategies as st
 
 import reference as R
+from reference.body import ATTENTIONS, FFNS
 from reference.config import ACTIVATIONS, HALT_MODES, INJECTIONS, LOOP_SCOPES, NORMS
 
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # needed by torch.use_deterministic_algorithms on CUDA
@@ -124,9 +125,10 @@ def to_numpy(x):
     return np.asarray(x)
 
 
-def run_model(backend, dtype, params, cfg, tokens, targets, loops=None):
+def run_model(backend, dtype, params, cfg, tokens, targets, loops=None, executor="masked"):
     """(loss, grads, logits, aux) of the backend as float64 numpy, like reference.forward_backward; loops: the
-    torch model's per-call max_loops override (the CuPy leg runs the reference, which takes it from cfg)."""
+    torch model's per-call max_loops override (the CuPy leg runs the reference, which takes it from cfg);
+    executor: how the torch model runs its loop steps (gpu/executors/)."""
     if backend == "cupy":
         import cupy
         p = {k: cupy.asarray(v.astype(storage_dtype(dtype))) for k, v in params.items()}
@@ -136,7 +138,7 @@ def run_model(backend, dtype, params, cfg, tokens, targets, loops=None):
             {k: to_numpy(v) for k, v in aux.items()}
     from gpu.model import from_reference
     device = torch_device(backend)
-    model = from_reference(params, cfg, device=device, dtype=TORCH_DTYPES[dtype])
+    model = from_reference(params, cfg, device=device, dtype=TORCH_DTYPES[dtype], executor=executor)
     with autocast(backend, dtype):
         logits, loss, aux = model(torch.from_numpy(tokens).to(device), torch.from_numpy(targets).to(device),
                                   loops=loops)
@@ -191,7 +193,8 @@ def configs(draw, **fixed):
         converge_tol=draw(st.floats(0.05, 0.5)), norm=draw(st.sampled_from(NORMS)),
         activation=draw(st.sampled_from(ACTIVATIONS)), rope=head_dim % 2 == 0 and draw(st.booleans()),
         rope_base=draw(st.sampled_from([10000.0, 100.0])), tie_embeddings=draw(st.booleans()),
-        init_std=draw(st.floats(0.2, 0.5)))
+        init_std=draw(st.floats(0.2, 0.5)), attention=draw(st.sampled_from(sorted(ATTENTIONS))),
+        ffn=draw(st.sampled_from(sorted(FFNS))))  # every registered body
     fields.update(fixed)
     return R.LoopConfig(**fields)
 

@@ -192,13 +192,13 @@ def test_equivalence_halting(rule, backend, dtype, seed, K, eps, prior, data):
 AUX_FLOAT_KEYS = [k for k in AUX_KEYS if k != "n_steps"]
 
 
-def check_model(backend, dtype, cfg, params, tokens, targets, grads=True, loops=None):
+def check_model(backend, dtype, cfg, params, tokens, targets, grads=True, loops=None, executor="masked"):
     """Backend vs reference on one case: loss, logits, N(t) exactly, every other aux entry, every gradient.
     loops: the backend's per-call loop count, against the reference with cfg.replace(max_loops=loops)."""
     p = round_to(params, dtype)
     ref_cfg = cfg if loops is None else cfg.replace(max_loops=loops)
     loss, g_ref, logits, aux = R.forward_backward(p, tokens, targets, ref_cfg)
-    a_loss, a_grads, a_logits, a_aux = run_model(backend, dtype, p, cfg, tokens, targets, loops)
+    a_loss, a_grads, a_logits, a_aux = run_model(backend, dtype, p, cfg, tokens, targets, loops, executor)
     np.testing.assert_array_equal(a_aux["n_steps"], aux["n_steps"], err_msg="N(t)")
     assert_close(a_loss, loss, dtype, "loss")
     assert_close(a_logits, logits, dtype, "logits")
@@ -236,7 +236,8 @@ EDGE_CASES = {
     "untied-head-no-rope": dict(tie_embeddings=False, rope=False),
 }
 EDGE_BASE = dict(vocab_size=13, block_size=8, d_model=8, n_head=2, n_prelude=1, n_layer=2, n_coda=1, max_loops=4,
-                 halt_bias_init=-1.0, converge_tol=0.2, init_std=0.3, halt_penalty=0.1, pondernet_beta=0.1)
+                 halt_bias_init=-1.0, converge_tol=0.2, init_std=0.3, halt_penalty=0.1, pondernet_beta=0.03)
+# halt_penalty and pondernet_beta differ, so a backend that swaps the two coefficients fails
 
 
 def away_from_flips(cfg, dtype, B=2, T=7):
