@@ -41,6 +41,7 @@ class LoopConfig:
     loop_scope: str = "stack"      # stack: loop the whole core; layer: each core block loops on its own
     input_injection: str = "none"  # feed the loop input e into every step: none | add | concat
     step_scale_init: float = 0.1   # gamma of s_k = s_{k-1} + gamma * r(x_k); near zero = near-identity loops
+    backprop_loops: int = 0        # truncated backprop through depth: gradients flow through the last k steps only (0 = all)
     # halting
     halt: str = "act"              # halting rule: fixed | act | pondernet | converge
     act_eps: float = 0.01          # ACT halts once the cumulative halting sum reaches 1 - eps (PonderNet: survival <= eps)
@@ -115,7 +116,7 @@ def _validate(c: LoopConfig) -> None:
     for name in ("vocab_size", "block_size", "d_model", "n_head", "mlp_ratio", "max_loops", "min_loops", "n_layer"):
         if getattr(c, name) < 1:
             _fail(name, getattr(c, name), "an int >= 1")
-    for name in ("n_prelude", "n_coda"):
+    for name in ("n_prelude", "n_coda", "backprop_loops"):
         if getattr(c, name) < 0:
             _fail(name, getattr(c, name), "an int >= 0")
     if c.d_model % c.n_head:

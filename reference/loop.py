@@ -10,6 +10,9 @@ is frozen (its keys and values stay visible to the tokens still thinking). The h
 sigmoid(w . norm(s_k) + b) from step min_loops on, 0 otherwise) and the relative change
 delta_k = ||s_k - s_{k-1}|| / ||s_{k-1}||, and decides who halts. The group output is
     o = sum_k weights_k s_k                   weights from the rule's resolve.
+Truncated backprop through depth (cfg.backprop_loops = b > 0, Huginn): the states s_1 .. s_{K-b} are constants
+for the gradient (as if detached), so the core's weights learn only from the last b steps; the halting unit
+still learns from its signals at every step, and e still gets gradient through the injection of the last b steps.
 """
 from __future__ import annotations
 
@@ -124,7 +127,13 @@ def loop_backward(do, dloss_aux, cache, params, cfg, grads):
     ds = xp.zeros_like(do)
     de = xp.zeros_like(do)
     dgamma = xp.zeros_like(gamma)
-    for k in reversed(range(cfg.max_loops)):
+    K = cfg.max_loops
+    constant_steps = max(0, K - cfg.backprop_loops) if cfg.backprop_loops else 0  # s_1 .. s_this are detached
+    for k in reversed(range(K)):
+        if k < constant_steps:  # s_{k+1} is a constant: its unit signal still trains the unit, nothing flows on
+            if unit_caches[k] is not None and dsig is not None:
+                unit_backward(dsig[..., k], unit_caches[k], params, grads)
+            continue
         ds = ds + weights[..., k, None] * do
         if unit_caches[k] is not None and dsig is not None:  # a rule may send no gradient to its unit
             ds = ds + unit_backward(dsig[..., k], unit_caches[k], params, grads)
@@ -137,4 +146,4 @@ def loop_backward(do, dloss_aux, cache, params, cfg, grads):
             if de_step is not None:
                 de = de + de_step
     add_grad(grads, f"loop.{g}.step_scale", dgamma)
-    return de + ds  # s_0 = e
+    return de + ds if constant_steps == 0 else de  # s_0 = e (a constant too under truncation)

@@ -23,12 +23,15 @@ def run_masked(group, blocks, e, rope_cs, K: int):
     running = torch.ones(B, T, dtype=torch.bool, device=e.device)
     state = rule.start(torch.zeros(B, T, dtype=e.dtype, device=e.device))
     states, signals, deltas = [], [], []
+    constant_steps = max(0, K - cfg.backprop_loops) if cfg.backprop_loops else 0  # truncated backprop (Huginn)
     for k in range(1, K + 1):
         if early_exit and not bool(running.any()):
             s_new = s  # every token has halted: the remaining steps are no-ops
         else:
             mask = running[..., None].to(e.dtype)  # (B, T, 1)
             s_new = s + mask * group.step_scale * group.step(blocks, s, e, rope_cs)
+        if k <= constant_steps:
+            s_new = s_new.detach()  # s_1 .. s_{K-b} are constants for the gradient; e still reaches the last b steps
         delta = relative_change(s_new, s)  # (B, T)
         s = s_new
         sig = group.signal(s, k)  # (B, T)
