@@ -34,6 +34,7 @@ class Run:
 
 
 def resolve_data(data: str) -> str:
+    """A --data value as a folder: 'bundled' names the corpus shipped in gpu/data/bundled."""
     from .data import BUNDLED_DIR
     return BUNDLED_DIR if data == "bundled" else data
 

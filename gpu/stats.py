@@ -92,6 +92,7 @@ def bootstrap_spearman(x, y, window: np.ndarray, n_boot: int = 300, seed: int = 
 
 # ----------------------------------------------------------------------------- tables
 def fmt(v, digits: int = 4) -> str:
+    """One table cell: yes/no for booleans, integers as they are, floats with `digits` decimals (nan as nan)."""
     if isinstance(v, (bool, np.bool_)):
         return "yes" if v else "no"
     if isinstance(v, (int, np.integer)):
@@ -102,6 +103,7 @@ def fmt(v, digits: int = 4) -> str:
 
 
 def markdown_table(rows: list[dict], columns: list[str] | None = None, digits: int = 4) -> str:
+    """A Markdown table of rows (dicts), with `columns` (default: the first row's keys) in order."""
     if not rows:
         return "(no rows)\n"
     cols = columns or list(rows[0])
@@ -111,6 +113,7 @@ def markdown_table(rows: list[dict], columns: list[str] | None = None, digits: i
 
 
 def csv_bytes(rows: list[dict]) -> bytes:
+    """CSV of rows (dicts) with every key seen in any row as a column, in order of first appearance."""
     cols = list(dict.fromkeys(k for r in rows for k in r))
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
@@ -120,5 +123,6 @@ def csv_bytes(rows: list[dict]) -> bytes:
 
 
 def write_csv(path, rows: list[dict]) -> str:
+    """Write csv_bytes(rows) to path atomically; returns the path."""
     atomic_write_bytes(path, csv_bytes(rows))
     return os.fspath(path)

@@ -86,15 +86,23 @@ def fixed_point_residual(params, tokens, cfg, group: int = 0, n_loops: int | Non
     return xp.linalg.norm(loop_map(params, group, s, e, cfg, rope) - s, axis=-1) / xp.linalg.norm(s, axis=-1)
 
 
+def running_mean(values, n_steps, axis):
+    """Mean of a per-step quantity over the tokens still running at each step, the one home of this statistic.
+    values (..., K) at steps 1..K (e.g. aux["deltas"]); n_steps (...) each token's realized depth N; step k
+    averages over the tokens with N >= k only (after N a token's entries are no change of a running state).
+    axis: the leading axes to average over. nan at a step where no token runs."""
+    xp = ops.xp_of(values)
+    K = values.shape[-1]
+    running = xp.arange(1, K + 1) <= n_steps[..., None]  # (..., K)
+    total = xp.sum(xp.where(running, values, 0.0), axis=axis)
+    count = xp.sum(running, axis=axis)
+    return xp.where(count > 0, total / xp.maximum(count, 1), xp.nan)
+
+
 def delta_trajectory(aux):
     """Mean relative change per step and group over the tokens still running at that step: (G, K).
     Uses forward()'s aux; a step where no token was running is nan."""
-    xp = ops.xp_of(aux["deltas"])
-    K = aux["deltas"].shape[-1]
-    running = xp.arange(1, K + 1) <= aux["n_steps"][..., None]  # (B, T, G, K)
-    total = xp.sum(xp.where(running, aux["deltas"], 0.0), axis=(0, 1))
-    count = xp.sum(running, axis=(0, 1))
-    return xp.where(count > 0, total / xp.maximum(count, 1), xp.nan)
+    return running_mean(aux["deltas"], aux["n_steps"], axis=(0, 1))
 
 
 # ----------------------------------------------------------------------------- the seed's numpy example

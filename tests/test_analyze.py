@@ -1,5 +1,5 @@
-"""gpu.analyze, gpu.probe, gpu.stats and gpu.experiments on tiny runs trained here (a few steps each): every
-command writes its CSV, Markdown and PNG, its numbers agree with a direct computation, and bad input gets a
+"""gpu.analyze, gpu.probe, gpu.stats, gpu.diagnostics and gpu.experiments on tiny runs trained here (a few steps
+each): every command writes its CSV, Markdown and PNG, its numbers agree with a direct computation, and bad input gets a
 clear error. Nothing here asserts a research result (the runs are far too short to have one)."""
 import csv
 import json
@@ -7,8 +7,9 @@ import os
 
 import numpy as np
 import pytest
+import torch
 
-from gpu import analyze, experiments, probe, stats, tasks
+from gpu import analyze, diagnostics, experiments, probe, stats, tasks
 from gpu.config import TrainConfig
 from gpu.train import run as train_run
 from reference import get_preset
@@ -90,6 +91,29 @@ def test_forced_depth_runs_exactly_k_steps(runs):
         assert (out["n_steps"] == k).all() and out["deltas"].shape == (3, 16, 1, k)
     out = probe.collect(r.params, r.cfg, ev.x, ev.y)
     assert np.allclose(out["weights"].sum(-1), 1, atol=1e-5) and out["loss"].shape == (3, 16)
+
+
+# ----------------------------------------------------------------------------- diagnostics
+def test_running_mean_per_step_counts_only_running_tokens():
+    # token a halts after step 1: its entries at steps 2 and 3 (100) must not enter those steps' means
+    values = np.array([[1.0, 100.0, 100.0], [3.0, 4.0, 6.0], [5.0, 2.0, 100.0]])
+    n_steps = np.array([1, 3, 2])
+    assert diagnostics.running_mean_per_step(values, n_steps, 3).tolist() == [3.0, 3.0, 6.0]
+    assert diagnostics.running_tokens_per_step(n_steps, 3).tolist() == [3, 2, 1]
+    # a step no token reaches is nan; leading axes (B, T, G) all count as tokens; torch input works
+    m = diagnostics.running_mean_per_step(torch.tensor(values[None, :2, None]), torch.tensor([[[1], [1]]]))
+    assert m[0] == 2.0 and np.isnan(m[1:]).all()
+    cfg = get_preset("tiny", max_loops=3, min_loops=1)
+    hs = diagnostics.halting_stats(dict(n_steps=n_steps[None, :, None], deltas=values[None, :, None]), cfg)
+    assert hs["delta_per_step"] == [3.0, 3.0, 6.0] and hs["depth_hist"] == [1, 1, 1]
+    with pytest.raises(ValueError, match="expected K = 4"):
+        diagnostics.running_mean_per_step(values, n_steps, 4)
+
+
+def test_collapse_needs_an_adaptive_rule():
+    at_min = dict(share_min=1.0, share_max=0.0)
+    assert diagnostics.collapsed(at_min, get_preset("tiny", max_loops=3)) == "min_loops=1"
+    assert diagnostics.collapsed(at_min, get_preset("tiny", halt="fixed", max_loops=3)) is None
 
 
 # ----------------------------------------------------------------------------- stats
