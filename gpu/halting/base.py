@@ -24,6 +24,7 @@ class Halting:
     ponder_cost: torch.Tensor  # (...)     N + R (ACT), E[n] (PonderNet), N otherwise
     kl: torch.Tensor           # (...)     KL(p || prior) for PonderNet, 0 otherwise
     margin: torch.Tensor       # (...)     distance of the halting statistic to its threshold at the decisions taken
+    exit_probs: torch.Tensor | None = None  # (..., K) exit distribution of the loss (exit_gate); None = weights
 
 
 class HaltUnit(nn.Module):

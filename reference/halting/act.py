@@ -52,7 +52,7 @@ class ACT(HaltingRule):
     def resolve(self, signals, deltas, cfg) -> Halting:
         return act(signals, cfg.act_eps, cfg.min_loops)
 
-    def resolve_backward(self, signals, cfg, dweights, dponder, dkl):
+    def resolve_backward(self, signals, cfg, dweights, dponder, dkl, dexit=None):
         return act_backward(signals, cfg.act_eps, cfg.min_loops, dweights, dponder)
 
     def loss_weights(self, cfg):

@@ -8,6 +8,8 @@ A rule turns per-step halting signals (..., K) for steps n = 1..K into a `Haltin
   kl        (...)     KL(p || prior) for PonderNet, 0 otherwise
   margin    (...)     distance of the halting statistic to its threshold at the decisions taken;
                       a perturbation smaller than this cannot change N (used to exclude flips in tests)
+  exit_probs (..., K) the distribution over exit steps the loss is an expectation over (exit_gate); None means
+                      the weights themselves (every other rule)
 Steps before `min_loops` never halt: their halting signals are ignored (treated as 0).
 """
 from __future__ import annotations
@@ -27,6 +29,7 @@ class Halting:
     ponder_cost: object
     kl: object
     margin: object
+    exit_probs: object = None
 
 
 class HaltingRule:
@@ -41,12 +44,15 @@ class HaltingRule:
       adaptive         False when every token runs all K steps (no decision to make)
       uses_unit        True when the signal is the halting unit h_k = sigmoid(w . norm(s_k) + b) (halting/unit.py)
       threshold_field  the LoopConfig field holding the threshold of the decision (what analyses sweep), or None
+      expected_exit_loss  True when the loss is the expected cross-entropy over exit steps, sum_n p_n CE(step n's
+                       logits), instead of the cross-entropy of the weighted output (exit_gate); needs one loop group
     """
 
     name: str = ""
     adaptive: bool = True
     uses_unit: bool = False
     threshold_field: str | None = None
+    expected_exit_loss: bool = False
 
     def param_specs(self, g: int, cfg) -> dict:
         """The rule's own parameters for loop group g, name -> ParamSpec (the halting unit's, if it uses one)."""
@@ -65,9 +71,10 @@ class HaltingRule:
         """signals, deltas: (..., K) -> Halting."""
         raise NotImplementedError
 
-    def resolve_backward(self, signals, cfg, dweights, dponder, dkl):
-        """d loss / d signals (..., K) given the gradients of weights (..., K), ponder_cost and kl (...);
-        None when no gradient reaches the signals (one-hot weights at a piecewise-constant N)."""
+    def resolve_backward(self, signals, cfg, dweights, dponder, dkl, dexit=None):
+        """d loss / d signals (..., K) given the gradients of weights (..., K), ponder_cost and kl (...), and of
+        exit_probs (..., K) for a rule with expected_exit_loss; None when no gradient reaches the signals (one-hot
+        weights at a piecewise-constant N)."""
         return None
 
     def loss_weights(self, cfg) -> dict[str, float]:

@@ -52,13 +52,20 @@ def _pondernet_p(xp, lam):
 def pondernet_backward(lam, eps, min_loops, prior, dweights, dponder, dkl):
     """d loss / d lambda by reverse accumulation through p_n = lambda_n S_{n-1}, S_n = S_{n-1} (1 - lambda_n)."""
     xp = xp_of(lam)
+    q = geometric_prior(lam.shape[-1], prior, min_loops, xp, lam.dtype)
+    return exit_distribution_backward(lam, min_loops, q, dweights, dponder, dkl)
+
+
+def exit_distribution_backward(lam, min_loops, q, dp, dponder, dkl):
+    """d loss / d lambda (..., K) of a loss that reads p (the exit distribution of `_pondernet_p`) through dp
+    (..., K), its mean step E[n] = sum_n n p_n through dponder (...) and KL(p || q) through dkl (...)."""
+    xp = xp_of(lam)
     K = lam.shape[-1]
     lam = xp.where(before_min(xp, K, min_loops), 0.0, lam)
     p, survival = _pondernet_p(xp, lam)
-    q = geometric_prior(K, prior, min_loops, xp, lam.dtype)
     step_n = steps(xp, K, lam.dtype)
     dkl_dp = xp.where(p > 0, xp.log(xp.where(p > 0, p, 1.0)) - xp.log(xp.where(q > 0, q, 1.0)) + 1.0, 0.0)
-    dp = dweights + dponder[..., None] * step_n + dkl[..., None] * dkl_dp  # (..., K)
+    dp = dp + dponder[..., None] * step_n + dkl[..., None] * dkl_dp  # (..., K)
     dlam = [None] * K
     dS = xp.zeros(lam.shape[:-1], dtype=lam.dtype)  # d loss / d S_n, flowing backwards
     for n in reversed(range(K)):
@@ -89,7 +96,7 @@ class PonderNet(HaltingRule):
     def resolve(self, signals, deltas, cfg) -> Halting:
         return pondernet(signals, cfg.act_eps, cfg.min_loops, cfg.pondernet_prior)
 
-    def resolve_backward(self, signals, cfg, dweights, dponder, dkl):
+    def resolve_backward(self, signals, cfg, dweights, dponder, dkl, dexit=None):
         return pondernet_backward(signals, cfg.act_eps, cfg.min_loops, cfg.pondernet_prior, dweights, dponder, dkl)
 
     def loss_weights(self, cfg):

@@ -43,7 +43,7 @@ def test_reference_rope_tables_are_the_angles(T, head_dim, base):
 
 
 @pytest.mark.parametrize("T,head_dim,base", CASES)
-def test_torch_rope_tables_are_the_angles(T, head_dim, base):
+def test_equivalence_torch_rope_tables_are_the_angles(T, head_dim, base):
     cos, sin = L.rope_tables(T, head_dim, base)
     e_cos, e_sin = expected_tables(T, head_dim, base)
     assert tuple(cos.shape) == tuple(sin.shape) == (T, head_dim // 2)
@@ -53,7 +53,7 @@ def test_torch_rope_tables_are_the_angles(T, head_dim, base):
 
 
 @pytest.mark.parametrize("T,head_dim,base", CASES[:3])
-def test_rope_forward_rotates_each_pair_by_its_angle(T, head_dim, base):
+def test_equivalence_rope_forward_rotates_each_pair_by_its_angle(T, head_dim, base):
     """A unit vector on x_i (resp. x_{i+half}) at position t comes out as (cos a, sin a) (resp. (-sin a, cos a))
     on the pair (i, i + half), a = t * base^(-2i/head_dim), in both backends."""
     half = head_dim // 2

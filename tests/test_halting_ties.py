@@ -43,7 +43,7 @@ BACKENDS = [("numpy", "float64"), ("torch", "float32"), ("torch", "float64")]
 
 
 @pytest.mark.parametrize("backend,dtype", BACKENDS)
-def test_act_halts_at_an_exact_tie(backend, dtype):
+def test_equivalence_act_halts_at_an_exact_tie(backend, dtype):
     act, _, _, arr, npy = _rules(backend, dtype)
     h = arr([[0.25, 0.25, 0.25, 0.25],    # cum = 0.25, 0.5 = 1 - eps at step 2: halts there
              [0.25, 0.125, 0.25, 0.25],   # cum = 0.25, 0.375, 0.625: crosses strictly at step 3
@@ -57,7 +57,7 @@ def test_act_halts_at_an_exact_tie(backend, dtype):
 
 
 @pytest.mark.parametrize("backend,dtype", BACKENDS)
-def test_act_tie_after_min_loops(backend, dtype):
+def test_equivalence_act_tie_after_min_loops(backend, dtype):
     """Signals before min_loops count as 0: with min_loops = 2 the tie moves to step 3."""
     act, _, _, arr, npy = _rules(backend, dtype)
     res = act(arr([[0.25, 0.25, 0.25, 0.25]]), 0.5, min_loops=2)
@@ -66,7 +66,7 @@ def test_act_tie_after_min_loops(backend, dtype):
 
 
 @pytest.mark.parametrize("backend,dtype", BACKENDS)
-def test_pondernet_halts_at_an_exact_tie(backend, dtype):
+def test_equivalence_pondernet_halts_at_an_exact_tie(backend, dtype):
     _, pondernet, _, arr, npy = _rules(backend, dtype)
     lam = arr([[0.5, 0.5, 0.5, 0.5],      # S = 0.5, 0.25 = eps at step 2: halts there
                [0.5, 0.25, 0.5, 0.5],     # S = 0.5, 0.375, 0.1875: below eps at step 3
@@ -79,7 +79,7 @@ def test_pondernet_halts_at_an_exact_tie(backend, dtype):
 
 
 @pytest.mark.parametrize("backend,dtype", BACKENDS)
-def test_converge_does_not_halt_at_an_exact_tie(backend, dtype):
+def test_equivalence_converge_does_not_halt_at_an_exact_tie(backend, dtype):
     _, _, converge, arr, npy = _rules(backend, dtype)
     d = arr([[0.5, 0.25, 0.125, 0.5],     # delta_2 == tol: no halt; delta_3 < tol: halts at 3
              [0.25, 0.25, 0.25, 0.25],    # never strictly below: the last step
@@ -139,7 +139,7 @@ def _assert_runs_exactly(aux, n_expected):
 
 @pytest.mark.parametrize("scope", ["stack", "layer"])
 @pytest.mark.parametrize("backend", MODEL_BACKENDS)
-def test_model_act_halts_at_an_exact_tie(backend, scope):
+def test_equivalence_model_act_halts_at_an_exact_tie(backend, scope):
     """act_eps = 0.5, h = sigmoid(-log 3) = 0.25 exactly: cum = 0.25, 0.5 = 1 - eps, so every token halts at N = 2
     (N = 3 with min_loops = 2), and no token runs step N + 1."""
     cfg = _tie_config("act", act_eps=0.5, halt_bias_init=-math.log(3.0), loop_scope=scope)
@@ -156,7 +156,7 @@ def test_model_act_halts_at_an_exact_tie(backend, scope):
 
 @pytest.mark.parametrize("scope", ["stack", "layer"])
 @pytest.mark.parametrize("backend", MODEL_BACKENDS)
-def test_model_pondernet_halts_at_an_exact_tie(backend, scope):
+def test_equivalence_model_pondernet_halts_at_an_exact_tie(backend, scope):
     """act_eps = 0.25, lambda = sigmoid(0) = 0.5: survival = 0.5, 0.25 = eps, so every token halts at N = 2."""
     cfg = _tie_config("pondernet", act_eps=0.25, halt_bias_init=0.0, loop_scope=scope)
     params = _constant_signal_params(cfg)
@@ -166,7 +166,7 @@ def test_model_pondernet_halts_at_an_exact_tie(backend, scope):
 
 
 @pytest.mark.parametrize("backend", MODEL_BACKENDS)
-def test_model_converge_does_not_halt_at_an_exact_tie(backend):
+def test_equivalence_model_converge_does_not_halt_at_an_exact_tie(backend):
     """One token; tol = its own delta_2 (from a fixed-depth run: the states agree while the token runs).
     delta_2 == tol must not halt, so the token runs on to the first step strictly below tol."""
     cfg = _tie_config("converge", n_layer=1, max_loops=4)

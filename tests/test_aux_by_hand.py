@@ -136,7 +136,7 @@ def _case(name):
 
 @pytest.mark.parametrize("backend", ["reference", "torch"])
 @pytest.mark.parametrize("name", CONFIGS)
-def test_halt_probs_and_deltas_by_hand(name, backend):
+def test_equivalence_halt_probs_and_deltas_by_hand(name, backend):
     cfg, params, tokens = _case(name)
     aux = _aux(backend, params, tokens, cfg)
     B, T = tokens.shape
