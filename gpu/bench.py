@@ -7,6 +7,7 @@ ratio (timings on a shared machine are noisy: compare ratios measured side by si
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 import numpy as np
@@ -17,7 +18,9 @@ from reference.accounting import flops_per_token, param_counts, peak_flops
 from reference.config import PRESETS, get_preset
 from reference.optim import AdamW
 
+from .cli import run_command
 from .model import from_reference
+from .train.device import resolve_device
 
 
 def device_peak(device: torch.device) -> tuple[str, float | None]:
@@ -65,12 +68,25 @@ def time_reference_steps(cfg, x, y, steps):
     return float(np.median(times[1:]))
 
 
+def check_args(args) -> None:
+    """ValueError naming the flag for a count the benchmark cannot run with."""
+    for flag, value, least in (("--steps", args.steps, 1), ("--warmup", args.warmup, 0),
+                               ("--batch-size", args.batch_size, 1), ("--seq-len", args.seq_len, 0),
+                               ("--ref-steps", args.ref_steps, 1)):
+        if value < least:
+            raise ValueError(f"{flag}={value}: expected an int >= {least}")
+    if args.max_loops is not None and args.max_loops < 1:
+        raise ValueError(f"--max-loops={args.max_loops}: expected an int >= 1")
+
+
 def bench_train(args):
+    """Time training steps of the torch model (and, on the CPU, of the numpy reference) and print the results."""
+    check_args(args)
     overrides = {"halt": args.halt} if args.halt else {}
     if args.max_loops:
         overrides["max_loops"] = args.max_loops
     cfg = get_preset(args.preset, **overrides)
-    device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(args.device)
     seq_len = args.seq_len or cfg.block_size
     rng = np.random.default_rng(0)
     x = rng.integers(0, cfg.vocab_size, (args.batch_size, seq_len))
@@ -97,7 +113,7 @@ def bench_train(args):
               f"(same config and batch, measured in this run)")
 
 
-def main(argv=None):
+def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m gpu.bench", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="what", required=True)
@@ -116,8 +132,8 @@ def main(argv=None):
     t.add_argument("--skip-reference", action="store_true")
     t.add_argument("--peak-flops", type=float, default=None, help="peak FLOP/s for the MFU (default: known GPUs)")
     args = ap.parse_args(argv)
-    bench_train(args)
+    return run_command(lambda: bench_train(args))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

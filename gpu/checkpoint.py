@@ -1,7 +1,8 @@
 """Checkpoints: one folder per step (weights as safetensors, optimizer state, loop state), written atomically.
 
 run/checkpoints/step-0000200/{model.safetensors, optim.pt, state.json} is written under a temporary name and
-renamed into place, so a run killed at any moment leaves only complete checkpoints behind.
+renamed into place (reference.files.atomic_folder), so a run killed at any moment leaves only complete checkpoints
+behind.
 """
 from __future__ import annotations
 
@@ -9,11 +10,11 @@ import json
 import os
 import re
 import shutil
-import tempfile
 
 import torch
 
 from reference.config import LoopConfig
+from reference.files import atomic_folder
 from reference.weights import load_params, save_params
 
 _STEP_DIR = re.compile(r"^step-(\d{7})$")
@@ -39,25 +40,14 @@ def latest_checkpoint(run_dir) -> str | None:
 
 def save_checkpoint(run_dir, step: int, params: dict, cfg: LoopConfig, optimizer_state: dict, state: dict,
                     keep_last: int) -> str:
-    """Write checkpoint `step` atomically, then delete all but the newest `keep_last`. Returns its folder."""
-    root = checkpoint_dir(run_dir)
-    os.makedirs(root, exist_ok=True)
-    final = os.path.join(root, f"step-{step:07d}")
-    tmp = tempfile.mkdtemp(dir=root, prefix=".tmp-step-")
-    try:
+    """Write checkpoint `step` atomically (replacing one of the same step), then delete all but the newest
+    `keep_last`. Returns its folder."""
+    final = os.path.join(checkpoint_dir(run_dir), f"step-{step:07d}")
+    with atomic_folder(final, overwrite=True) as tmp:
         save_params(os.path.join(tmp, "model.safetensors"), params, cfg)
         torch.save(optimizer_state, os.path.join(tmp, "optim.pt"))
         with open(os.path.join(tmp, "state.json"), "w") as f:
             json.dump(dict(state, step=step), f)
-        for name in os.listdir(tmp):  # make the files durable before the folder appears
-            with open(os.path.join(tmp, name), "rb") as f:
-                os.fsync(f.fileno())
-        if os.path.exists(final):
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     for old in list_checkpoints(run_dir)[:-keep_last]:
         shutil.rmtree(old, ignore_errors=True)
     return final

@@ -23,7 +23,7 @@ import sys
 import numpy as np
 
 from reference.accounting import flops_per_token, iso_flop_dense, param_counts
-from reference.config import LoopConfig
+from reference.config import LoopConfig, dense_variant
 
 from .stats import markdown_table
 
@@ -33,10 +33,8 @@ def models(d_model=64, n_head=4, block_size=64, n_prelude=1, n_layer=1, n_coda=1
     """The three configs: looped, dense with the same unique blocks, dense with the looped FLOPs per token."""
     looped = LoopConfig(d_model=d_model, n_head=n_head, block_size=block_size, n_prelude=n_prelude, n_layer=n_layer,
                         n_coda=n_coda, max_loops=loops, halt=halt, **model_kw)
-    dense = dict(n_prelude=0, n_coda=0, max_loops=1, min_loops=1, halt="fixed", loop_scope="layer",
-                 input_injection="none", step_scale_init=1.0)
     return {"looped": looped,
-            "dense-1x": looped.replace(n_layer=n_prelude + n_layer + n_coda, **dense),
+            "dense-1x": dense_variant(looped, n_prelude + n_layer + n_coda),
             "dense-Kx": iso_flop_dense(looped)}
 
 

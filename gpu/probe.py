@@ -53,7 +53,7 @@ def load_run(run_dir, data: str | None = None) -> Run:
     ckpt = latest_checkpoint(run_dir)
     if ckpt is None:
         raise ValueError(f"run {run_dir!r} has no checkpoint yet: let it reach --ckpt-every steps (or its end), "
-                         f"or resume it with `python -m gpu.train --out {run_dir} --resume true`")
+                         f"or resume it with `python -m gpu.train --out {run_dir} --resume`")
     with open(cfg_path) as f:
         saved = json.load(f)
     params, cfg, _, state = load_checkpoint(ckpt)

@@ -31,11 +31,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
-import tempfile
 
 import numpy as np
+
+from reference.files import atomic_folder
+
+from .cli import run_command
 
 EOT, UNK = "<|endoftext|>", "<unk>"
 CHARS = list("0123456789+=:|?abcdefghijklmnopqrstuvwxyz")  # one token each; ids 2.. (0 = EOT, 1 = UNK)
@@ -199,7 +201,8 @@ def measure_path(data_dir, split: str, name: str) -> str:
 def write_task(task: str, out: str, n_train: int = 50000, n_val: int = 2000, seed: int = 0,
                min_size: int | None = None, max_size: int | None = None, **kw) -> dict:
     """Write a data folder for `task` (see the module docstring), atomically: built in a temporary folder beside
-    `out`, then renamed over it. Returns the manifest."""
+    `out`, then renamed over it (an existing data folder is replaced; any other existing path is a ValueError).
+    Returns the manifest."""
     from .data.shards import TOPIC_DTYPE, TOKEN_DTYPE, topic_path, token_path, write_bin, write_json
     if n_train < 1 or n_val < 1:
         raise ValueError(f"n_train={n_train}, n_val={n_val}: both must be >= 1")
@@ -211,10 +214,10 @@ def write_task(task: str, out: str, n_train: int = 50000, n_val: int = 2000, see
               for s, n in (("train", n_train), ("val", n_val))}
     max_value = max(v for probs in splits.values() for p in probs for v in p[2][spec["label"]])
     names = label_names(task, max_value)
-    parent = os.path.dirname(os.path.abspath(out))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=parent, prefix=f".tmp-{os.path.basename(out)}-")
-    try:
+    is_data = os.path.isfile(os.path.join(out, "manifest.json"))
+    if os.path.exists(out) and not is_data:
+        raise ValueError(f"{out!r} exists and is not a data folder: choose another --out")
+    with atomic_folder(out, overwrite=is_data) as tmp:  # an older data folder is replaced
         counts = {}
         for split, probs in splits.items():
             toks, labs, meas = encode_problems(probs, task, names)
@@ -240,15 +243,6 @@ def write_task(task: str, out: str, n_train: int = 50000, n_val: int = 2000, see
                            tokens={s: c["tokens"] for s, c in counts.items()})],
         }
         write_json(os.path.join(tmp, "manifest.json"), manifest)
-        if os.path.isdir(out):
-            if not os.path.isfile(os.path.join(out, "manifest.json")):
-                raise ValueError(f"{out!r} exists and is not a data folder: choose another --out")
-            shutil.rmtree(out)
-        os.chmod(tmp, 0o755)  # mkdtemp makes it private
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return manifest
 
 
@@ -285,7 +279,15 @@ def train_args(task: str, data: str, out: str) -> list[str]:
         raise ValueError(f"no training preset for task {task!r}; choose one of {sorted(PRESETS)}")
     p = PRESETS[task]
     fields = {**p["model"], **p["train"], "data": data, "out": out}
-    return [f"--{k.replace('_', '-')}={v}" for k, v in fields.items()]
+    return [option(k, v) for k, v in fields.items()]
+
+
+def option(name: str, value) -> str:
+    """One gpu.train option: `--name=value`, or for a boolean the flag `--name` / `--no-name`."""
+    flag = name.replace("_", "-")
+    if isinstance(value, bool):
+        return f"--{flag}" if value else f"--no-{flag}"
+    return f"--{flag}={value}"
 
 
 def main(argv=None) -> int:
@@ -311,27 +313,28 @@ def main(argv=None) -> int:
     a, rest = ap.parse_known_args(argv)
     if a.cmd == "make" and rest:
         ap.error(f"unknown option(s) {rest}")
-    try:
-        data = getattr(a, "data", None) or f"runs/tasks/{a.task}"
-        if a.cmd == "train" and os.path.isfile(os.path.join(data, "manifest.json")):
-            print(f"using the existing data folder {data} (its own generator settings: see its manifest.json)")
-        if a.cmd == "make" or not os.path.isfile(os.path.join(data, "manifest.json")):
-            out = a.out if a.cmd == "make" else data
-            extra = dict(width=a.width) if a.task == "addition" else {}
-            if a.width is not None and a.task != "addition":
-                raise ValueError("--width applies to the addition task only")
-            seed = a.seed if a.cmd == "make" else a.data_seed
-            man = write_task(a.task, out, a.n_train, a.n_val, seed, a.min_size, a.max_size, **extra)
-            print(f"{out}: {a.task}, {man['splits']['train']['tokens']} train / {man['splits']['val']['tokens']} val "
-                  f"tokens, labels {man['topics']}")
-            print("train it with: python -m gpu.train " + " ".join(train_args(a.task, out, f"runs/{a.task}")))
-        if a.cmd == "train":
-            from .train import main as train_main
-            train_main(train_args(a.task, data, a.out) + rest)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    data = getattr(a, "data", None) or f"runs/tasks/{a.task}"
+    code = run_command(lambda: make_data(a, data))
+    if code or a.cmd == "make":
+        return code
+    from .train import main as train_main
+    return train_main(train_args(a.task, data, a.out) + rest)
+
+
+def make_data(a, data: str) -> None:
+    """`make`: write the data folder; `train`: write it unless `data` already holds one."""
+    if a.cmd == "train" and os.path.isfile(os.path.join(data, "manifest.json")):
+        print(f"using the existing data folder {data} (its own generator settings: see its manifest.json)")
+        return
+    out = a.out if a.cmd == "make" else data
+    if a.width is not None and a.task != "addition":
+        raise ValueError("--width applies to the addition task only")
+    extra = dict(width=a.width) if a.task == "addition" else {}
+    seed = a.seed if a.cmd == "make" else a.data_seed
+    man = write_task(a.task, out, a.n_train, a.n_val, seed, a.min_size, a.max_size, **extra)
+    print(f"{out}: {a.task}, {man['splits']['train']['tokens']} train / {man['splits']['val']['tokens']} val "
+          f"tokens, labels {man['topics']}")
+    print("train it with: python -m gpu.train " + " ".join(train_args(a.task, out, f"runs/{a.task}")))
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import inspect
+import sys
 import time
 
 import numpy as np
@@ -87,8 +88,10 @@ def train(cfg, steps=300, batch_size=16, seq_len=None, lr=3e-3, seed=0, eval_eve
                 depth_hist=np.bincount(n_steps.ravel(), minlength=cfg.max_loops + 1)[1:].tolist())
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv=None) -> int:
+    """`python -m reference.train`: bad options and values are reported by the parser (one line, exit status 2)."""
+    ap = argparse.ArgumentParser(prog="python -m reference.train", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
     ap.add_argument("--halt", default=None, help="override the halting mode (fixed | act | pondernet | converge)")
     ap.add_argument("--steps", type=int, default=300)
@@ -96,7 +99,15 @@ def main(argv=None):
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-    cfg = get_preset(args.preset, **({"halt": args.halt} if args.halt else {}))
+    for flag, value in (("--steps", args.steps), ("--batch-size", args.batch_size)):
+        if value < 1:
+            ap.error(f"{flag}={value}: expected an int >= 1")
+    if not args.lr > 0:
+        ap.error(f"--lr={args.lr}: expected a number > 0")
+    try:
+        cfg = get_preset(args.preset, **({"halt": args.halt} if args.halt else {}))
+    except ValueError as err:  # e.g. --halt=sometimes: one line, exit status 2, like the parser's own errors
+        ap.error(str(err))
     print(f"reference training: preset={args.preset} halt={cfg.halt} max_loops={cfg.max_loops} "
           f"d_model={cfg.d_model} steps={args.steps}")
     out = train(cfg, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
@@ -104,7 +115,8 @@ def main(argv=None):
     print(f"train loss {first:.3f} -> {last:.3f}")
     print(f"val cross-entropy {out['val_ce']:.3f} nats/byte (unigram baseline {out['unigram']:.3f})")
     print(f"mean depth {out['mean_depth']:.2f} of max {cfg.max_loops}; tokens halting at 1..K: {out['depth_hist']}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

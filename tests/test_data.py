@@ -239,6 +239,32 @@ def test_real_corpus_cli_on_local_files(tmp_path, capsys, monkeypatch):
     assert all(t in out for t in TOPICS) and "licence" in out
 
 
+def test_cli_errors_are_one_line_with_exit_status_2(tmp_path, capsys):
+    from gpu.data.__main__ import main
+    assert main(["bundled", "--dir", str(tmp_path)]) == 2  # FileNotFoundError: not a data folder
+    assert main(["openwebtext", "--out", str(tmp_path / "o"), "--files", str(tmp_path / "missing.jsonl"),
+                 "--tokenizer", os.path.join(BUNDLED_DIR, "tokenizer.json")]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err == [f"error: no manifest.json in {str(tmp_path)!r}: not a data folder. Build one with "
+                   "`python -m gpu.data build-bundled` or `python -m gpu.data openwebtext --out DIR`",
+                   f"error: no such data file: {str(tmp_path / 'missing.jsonl')!r}"]
+
+
+def test_writes_are_atomic(tmp_path):
+    """write_bin and write_json leave nothing under the real name (nor a temporary file) when they fail."""
+    from gpu.data.shards import write_bin
+    path = tmp_path / "train.bin"
+    with pytest.raises(TypeError, match="expected uint16"):
+        write_bin(str(path), [np.zeros(3, np.uint16), np.zeros(3, np.int64)], np.uint16)
+    with pytest.raises(ValueError, match="no data to write"):
+        write_bin(str(path), [], np.uint16)
+    with pytest.raises(TypeError):
+        write_json(str(tmp_path / "manifest.json"), {"not json": object()})
+    assert os.listdir(tmp_path) == []
+    assert write_bin(str(path), [np.arange(4, dtype=np.uint16)] * 2, np.uint16) == 8
+    assert np.fromfile(path, dtype=np.uint16).tolist() == [0, 1, 2, 3] * 2 and os.listdir(tmp_path) == ["train.bin"]
+
+
 class FakeTokenizer:
     name, eot_id = "fake", 0
 

@@ -174,6 +174,20 @@ def test_cli_make_and_train_args(tmp_path, capsys):
     from gpu.config import parse_args
     tc, mc, explicit = parse_args(tasks.train_args("addition", "runs/tasks/addition", "runs/addition"))
     assert tc.data == "runs/tasks/addition" and mc.max_loops == tasks.PRESETS["addition"]["model"]["max_loops"]
+    assert [tasks.option("rope", False), tasks.option("random_loops", True), tasks.option("lr", 0.1)] == \
+        ["--no-rope", "--random-loops", "--lr=0.1"]  # booleans are gpu.train flags
+    tc, mc, _ = parse_args([tasks.option("rope", False), tasks.option("random_loops", True), "--halt=fixed"])
+    assert not mc.rope and tc.random_loops
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    (tmp_path / "notdata").mkdir()
+    assert tasks.main(["make", "parity", "--out", str(tmp_path / "notdata"), "--n-train", "5", "--n-val", "5"]) == 2
+    assert tasks.main(["make", "parity", "--out", str(tmp_path / "p"), "--width", "3"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err == [f"error: {str(tmp_path / 'notdata')!r} exists and is not a data folder: choose another --out",
+                   "error: --width applies to the addition task only"]
+    assert sorted(os.listdir(tmp_path)) == ["notdata"]  # nothing written, no temporary folder left
 
 
 def test_ignore_topics_masks_prompt_targets_in_training_and_eval(addition_folder, tmp_path):
@@ -228,3 +242,5 @@ def test_cli_train_passes_seed_to_gpu_train(addition_folder, tmp_path, monkeypat
     from gpu.config import parse_args
     tc, mc, _ = parse_args(seen[0])
     assert tc.seed == 1 and mc.halt_bias_init == -3
+    monkeypatch.setattr(gpu.train, "main", lambda argv: 1)  # a diverged run: its exit status passes through
+    assert tasks.main(["train", "addition", "--data", addition_folder, "--out", str(tmp_path / "r")]) == 1

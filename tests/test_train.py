@@ -1,4 +1,5 @@
-"""`python -m gpu.train`: the CLI, the run folder, exact resume, kill -9 safety, NaN stop, clear errors, DDP."""
+"""`python -m gpu.train`: the CLI, the run folder, exact resume, kill -9 safety, NaN stop, clear errors, DDP, the
+optimizer's weight-decay groups and gradient accumulation."""
 import json
 import os
 import signal
@@ -10,15 +11,18 @@ import numpy as np
 import pytest
 import torch
 
+import reference
 from gpu import checkpoint as ckpt
 from gpu.config import TrainConfig, parse_args
-from gpu.train import run
+from gpu.model import from_reference
+from gpu.train import TrainingDiverged, main, make_optimizer, run
 from reference import get_preset
+from reference.optim import AdamW, clip_grad_norm, decays, lr_at
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL_MODEL = dict(d_model=32, n_head=2, block_size=32)
 SMALL_ARGS = ["--d-model=32", "--n-head=2", "--block-size=32", "--batch-size=4", "--eval-batches=2", "--log-every=1",
-              "--progress=false"]
+              "--no-progress"]
 
 
 def small_run(out, **train):
@@ -41,7 +45,7 @@ def cli(*args, env_extra=None, timeout=300):
 def test_defaults_are_the_tiny_act_model_on_the_bundled_corpus():
     tc, mc, explicit = parse_args([])
     assert (tc.preset, tc.data, tc.device, mc.halt, explicit) == ("tiny", "bundled", "auto", "act", set())
-    tc, mc, explicit = parse_args(["--preset", "looped-100m", "--max_loops=6", "--lr=1e-4", "--compile=true"])
+    tc, mc, explicit = parse_args(["--preset", "looped-100m", "--max_loops=6", "--lr=1e-4", "--compile"])
     assert mc.max_loops == 6 and mc.d_model == 1024 and tc.lr == 1e-4 and tc.compile and explicit == {"max_loops"}
 
 
@@ -50,20 +54,37 @@ def test_help_lists_every_field_with_defaults():
     assert out.returncode == 0
     for field in ("--max-steps", "--grad-accum", "--resume", "--halt-penalty", "--loop-scope", "--step-scale-init"):
         assert field in out.stdout
-    assert "(default 800)" in out.stdout  # max_steps
+    assert "(default: 800)" in out.stdout  # max_steps
+    assert "peak learning rate of AdamW" in out.stdout and "checkpoints kept on disk" in out.stdout  # field comments
+    assert "--compile, --no-compile" in out.stdout and "--progress, --no-progress" in out.stdout  # booleans are flags
+    big = cli("--preset=looped-100m", "--help")
+    assert big.returncode == 0 and "(default: 1024)" in big.stdout  # model fields default to the preset's values
+
+
+def test_flags_take_dashes_or_underscores_and_booleans_are_flags():
+    tc, mc, explicit = parse_args(["--max_steps=5", "--max-loops", "3", "--halt=fixed", "--no-progress", "--resume",
+                                   "--no-rope", "--d_model=32"])
+    assert (tc.max_steps, tc.progress, tc.resume, mc.max_loops, mc.halt, mc.rope, mc.d_model) == \
+        (5, False, True, 3, "fixed", False, 32)
+    assert explicit == {"max_loops", "halt", "rope", "d_model"}
 
 
 @pytest.mark.parametrize("args,fragment", [
     (["--preset=huge"], "unknown preset 'huge'"),
     (["--n-layerz=3"], "unknown option"),
-    (["--max-steps=ten"], "--max_steps='ten': expected int"),
+    (["--max-steps=ten"], "--max-steps='ten': expected int"),
     (["--halt=sometimes"], "halt='sometimes'"),
-    (["--compile=maybe"], "expected true or false"),
+    (["--compile=maybe"], "--compile is a flag and takes no value"),
+    (["--compile", "true"], "write --compile or --no-compile"),
+    (["--n-head=3"], "--n-head=3 is invalid: expected a divisor of d_model=64"),
+    (["--max-steps"], "--max-steps needs a value"),
 ])
 def test_bad_arguments_get_clear_errors(args, fragment, capsys):
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as exit_:
         parse_args(args)
-    assert fragment in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert fragment in err and exit_.value.code == 2
+    assert err.startswith("error: ") and err.count("\n") == 1  # one line
 
 
 @pytest.mark.parametrize("args,fragment", [
@@ -71,10 +92,12 @@ def test_bad_arguments_get_clear_errors(args, fragment, capsys):
     (["--max-steps=ten"], "expected int"),
     (["--data=/nonexistent"], "is not a folder"),
     (["--vocab-size=100"], "smaller than the tokenizer's vocabulary (2048)"),
+    (["--data=."], "no manifest.json in '.'"),  # the data loader's FileNotFoundError
 ])
 def test_bad_arguments_are_explained_on_the_command_line(args, fragment, tmp_path):
     out = cli(f"--out={tmp_path / 'run'}", "--max-steps=1", *SMALL_ARGS, *args)  # the tested flag comes last
-    assert out.returncode != 0 and fragment in out.stderr, out.stderr[-2000:]
+    assert out.returncode == 2 and fragment in out.stderr, out.stderr[-2000:]
+    assert "Traceback" not in out.stderr and out.stderr.startswith("error: ")
 
 
 def test_run_writes_the_run_folder(tmp_path):
@@ -151,7 +174,7 @@ def test_corrupted_checkpoint_is_reported(tmp_path):
 
 
 def test_nan_loss_stops_with_the_last_good_checkpoint(tmp_path, monkeypatch, capsys):
-    import gpu.train as train_mod
+    import gpu.train.build as train_mod  # where the training code builds its model
     real = train_mod.from_reference
 
     def poisoned(params, cfg):
@@ -168,12 +191,16 @@ def test_nan_loss_stops_with_the_last_good_checkpoint(tmp_path, monkeypatch, cap
 
     monkeypatch.setattr(train_mod, "from_reference", poisoned)
     tc, mc = small_run(tmp_path / "run", max_steps=8, ckpt_every=2, eval_every=100)
-    with pytest.raises(SystemExit) as err:
+    with pytest.raises(TrainingDiverged) as err:  # an exception, not SystemExit: a sweep calling run() goes on
         run(tc, mc)
-    assert err.value.code == 1
-    msg = capsys.readouterr().err
+    assert err.value.exit_code == 1
+    msg = str(err.value)
     assert "loss became nan at step 4" in msg and "step-0000004" in msg
     assert os.path.basename(ckpt.latest_checkpoint(tc.out)) == "step-0000004"
+    # the command line turns it into one line on stderr and exit status 1
+    code = main([f"--out={tmp_path / 'cli'}", "--max-steps=8", "--ckpt-every=2", "--eval-every=100", *SMALL_ARGS])
+    err = capsys.readouterr().err
+    assert code == 1 and err.startswith("error: loss became nan at step 4") and "step-0000004" in err
 
 
 def test_sigkill_leaves_a_resumable_checkpoint(tmp_path):
@@ -196,7 +223,7 @@ def test_sigkill_leaves_a_resumable_checkpoint(tmp_path):
     params, cfg, _, state = ckpt.load_checkpoint(last)
     step = state["step"]
     resumed = cli(*args[:1], f"--max-steps={step + 2}", "--ckpt-every=2", "--eval-every=1000", "--keep-last=2",
-                  *SMALL_ARGS, "--resume=true")
+                  *SMALL_ARGS, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"resuming at step {step}" in resumed.stdout
     assert ckpt.load_checkpoint(ckpt.latest_checkpoint(out))[3]["step"] == step + 2
@@ -207,13 +234,13 @@ def test_torchrun_two_gloo_processes_match_one_process(tmp_path, wrapper):
     """2 processes x batch 2 and 1 process x batch 4 see the same global batches; in float64 the loss
     trajectories agree to 1e-10 (they differ only in the order the gradient sums are added up)."""
     common = ["--max-steps=4", "--eval-every=1000", "--ckpt-every=1000", "--dtype=float64", "--d-model=32",
-              "--n-head=2", "--block-size=32", "--log-every=1", "--progress=false", "--device=cpu"]
+              "--n-head=2", "--block-size=32", "--log-every=1", "--no-progress", "--device=cpu"]
     one = cli(f"--out={tmp_path / 'one'}", "--batch-size=4", *common)
     assert one.returncode == 0, one.stderr[-2000:]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                           "-m", "gpu.train", f"--out={tmp_path / 'two'}", "--batch-size=2", *common,
-                          f"--fsdp={wrapper == 'fsdp'}"],
+                          "--fsdp" if wrapper == "fsdp" else "--no-fsdp"],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert two.returncode == 0, two.stderr[-3000:]
     a = [r["loss"] for r in read_metrics(tmp_path / "one")]
@@ -231,3 +258,83 @@ def test_collapsed_halting_is_flagged(tmp_path, capsys):
     tc, mc = small_run(tmp_path / "fixed", max_steps=3, eval_every=1, collapse_patience=2)
     run(tc, mc.replace(halt="fixed"))  # fixed depth is not a collapse
     assert "halting has collapsed" not in capsys.readouterr().out
+
+
+def tiny_float64_model(**model):
+    mc = get_preset("tiny", **SMALL_MODEL, **model)
+    return mc, from_reference(reference.init_params(mc, 0, "float64"), mc).double()
+
+
+def test_make_optimizer_decays_matrices_only():
+    """The training code's own parameter groups: decay on the matrices, none on norm weights, step scales and the
+    halting unit; and one AdamW step on a vector is exactly an Adam step without decay."""
+    mc, model = tiny_float64_model()
+    tc = TrainConfig(lr=0.01, weight_decay=0.5)
+    opt = make_optimizer(model, tc, torch.device("cpu"))
+    name = {id(p): n for n, p in model.named_parameters()}
+    decay, no_decay = opt.param_groups
+    assert (decay["weight_decay"], no_decay["weight_decay"], decay["lr"], no_decay["lr"]) == (0.5, 0.0, 0.01, 0.01)
+    decayed = {name[id(p)] for p in decay["params"]}
+    kept = {name[id(p)] for p in no_decay["params"]}
+    assert decayed == {n for n, p in model.named_parameters() if decays(n, p)} and not decayed & kept
+    assert kept == {n for n, p in model.named_parameters() if not decays(n, p)}
+    for kind in ("norm", "step_scale", "halt"):
+        assert any(kind in n for n in kept) and not any(kind in n for n in decayed), kind
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    grads = {n: torch.randn_like(p, generator=torch.Generator().manual_seed(i))
+             for i, (n, p) in enumerate(model.named_parameters())}
+    for n, p in model.named_parameters():
+        p.grad = grads[n].clone()
+    opt.step()
+    for n, p in model.named_parameters():
+        g = grads[n]
+        adam = 0.01 * g / (g.abs() + 1e-8)  # the first Adam step: m_hat = g, sqrt(v_hat) = |g|
+        want = before[n] * (1 - 0.01 * 0.5) - adam if n in decayed else before[n] - adam
+        torch.testing.assert_close(p.detach(), want, rtol=1e-12, atol=1e-15, msg=n)
+
+
+def test_training_steps_match_the_reference_optimizer(tmp_path):
+    """run() in float64 (its own optimizer, clipping and schedule) takes the steps reference.optim.AdamW takes on
+    the reference's gradients of the same batches: same losses and weights to ~1e-9."""
+    from gpu.data import BUNDLED_DIR, load_split, sample_batch
+    tc, mc = small_run(tmp_path / "run", max_steps=4, eval_every=100, ckpt_every=100, dtype="float64", warmup=0,
+                       weight_decay=0.5, grad_clip=0.5)
+    run(tc, mc)
+    mc = mc.replace(vocab_size=2048)
+    params = {k: v.astype(np.float64) for k, v in reference.init_params(mc, tc.seed, "float32").items()}
+    opt = AdamW(params, lr=tc.lr, betas=(tc.beta1, tc.beta2), eps=1e-8, weight_decay=tc.weight_decay)
+    tokens, topics, _ = load_split(BUNDLED_DIR, "train")
+    rng, losses = np.random.default_rng(tc.seed), []
+    for step in range(tc.max_steps):
+        x, y, _ = sample_batch(tokens, topics, tc.batch_size, mc.block_size, rng)
+        loss, grads = reference.loss_and_grads(params, x, y, mc)
+        clip_grad_norm(grads, tc.grad_clip)
+        opt.step(grads, lr=lr_at(step, tc.lr, tc.warmup, tc.max_steps, tc.min_lr_ratio))
+        losses.append(float(loss))
+    np.testing.assert_allclose([r["loss"] for r in read_metrics(tc.out)], losses, rtol=1e-9)
+    trained = ckpt.load_checkpoint(ckpt.latest_checkpoint(tc.out))[0]
+    for k in params:
+        np.testing.assert_allclose(trained[k], params[k], rtol=1e-8, atol=1e-12, err_msg=k)
+
+
+def test_gradient_accumulation_averages_micro_batches(tmp_path):
+    """grad_accum=2 x batch 2 sees the same data as one batch of 4 (the same rng draws) and, its micro-batch losses
+    averaged, takes the same steps: same logged losses and weights (float64, up to summation order)."""
+    common = dict(max_steps=4, eval_every=100, ckpt_every=100, dtype="float64", warmup=0)
+    tc_one, mc = small_run(tmp_path / "one", **common)
+    tc_acc, _ = small_run(tmp_path / "acc", **common, grad_accum=2)
+    run(TrainConfig(**{**tc_one.to_dict(), "batch_size": 4}), mc)
+    run(TrainConfig(**{**tc_acc.to_dict(), "batch_size": 2}), mc)
+    one, acc = read_metrics(tc_one.out), read_metrics(tc_acc.out)
+    np.testing.assert_allclose([r["loss"] for r in acc], [r["loss"] for r in one], rtol=1e-10)
+    np.testing.assert_allclose([r["mean_depth"] for r in acc], [r["mean_depth"] for r in one], rtol=1e-12)
+    w_one = ckpt.load_checkpoint(ckpt.latest_checkpoint(tc_one.out))[0]
+    w_acc = ckpt.load_checkpoint(ckpt.latest_checkpoint(tc_acc.out))[0]
+    for k in w_one:
+        np.testing.assert_allclose(w_acc[k], w_one[k], rtol=1e-10, atol=1e-14, err_msg=k)
+
+
+def test_bench_rejects_zero_steps(capsys):
+    from gpu import bench
+    assert bench.main(["train", "--steps", "0"]) == 2
+    assert capsys.readouterr().err == "error: --steps=0: expected an int >= 1\n"

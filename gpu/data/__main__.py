@@ -4,6 +4,7 @@ import argparse
 import os
 import sys
 
+from ..cli import run_command
 from . import BUNDLED_DIR
 from .shards import load_manifest
 
@@ -25,7 +26,7 @@ def summary(data_dir):
     return "\n".join(lines)
 
 
-def main(argv=None):
+def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m gpu.data", description=__doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("bundled", help="print the bundled corpus' manifest summary")
@@ -49,19 +50,22 @@ def main(argv=None):
         c.add_argument("--hf-name", default=None, help="override the hub dataset config (subset)")
         c.add_argument("--revision", default=None, help="hub revision, e.g. refs/convert/parquet")
     a = ap.parse_args(argv)
+    return run_command(lambda: summary(run(a)), print)
+
+
+def run(a) -> str:
+    """Carry out the parsed command; returns the data folder to summarise."""
     if a.cmd == "bundled":
-        print(summary(a.dir))
-    elif a.cmd == "build-bundled":
+        return a.dir
+    if a.cmd == "build-bundled":
         from .corpus import MAX_CHARS, SEED, build_bundled
         build_bundled(a.out, a.pkg_dir, SEED if a.seed is None else a.seed, a.max_chars or MAX_CHARS)
-        print(summary(a.out))
-    else:
-        from .real import prepare_corpus
-        prepare_corpus(a.cmd, a.out, files=a.files, tokenizer=a.tokenizer, cache_dir=a.cache_dir,
-                       num_proc=a.num_proc, path=a.hf_path, name=a.hf_name, revision=a.revision,
-                       val_fraction=a.val_fraction, seed=a.seed, batch_size=a.batch_size)
-        print(summary(a.out))
-    return 0
+        return a.out
+    from .real import prepare_corpus
+    prepare_corpus(a.cmd, a.out, files=a.files, tokenizer=a.tokenizer, cache_dir=a.cache_dir,
+                   num_proc=a.num_proc, path=a.hf_path, name=a.hf_name, revision=a.revision,
+                   val_fraction=a.val_fraction, seed=a.seed, batch_size=a.batch_size)
+    return a.out
 
 
 if __name__ == "__main__":

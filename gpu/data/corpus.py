@@ -29,6 +29,8 @@ import zipfile
 
 import numpy as np
 
+from reference.files import atomic_write_text
+
 from . import BUNDLED_DIR, mathgen
 from .shards import (TOKEN_DTYPE, TOPIC_DTYPE, as_uint16, token_path, topic_path, write_bin, write_json)
 from .tokenizer import BUNDLED_VOCAB_SIZE, EOT, save_tokenizer, train_bpe
@@ -283,8 +285,5 @@ def build_bundled(out_dir=BUNDLED_DIR, pkg_dir=None, seed=SEED, max_chars=MAX_CH
     for p in manifest["parts"]:
         notice += [f"## {p['topic']}", f"- source: {p['source']}", f"- licence: {p['licence']}",
                    f"- attribution: {p['attribution']}", ""]
-    tmp = os.path.join(out_dir, f"NOTICE.md.tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write("\n".join(notice))
-    os.replace(tmp, os.path.join(out_dir, "NOTICE.md"))
+    atomic_write_text(os.path.join(out_dir, "NOTICE.md"), "\n".join(notice))
     return manifest

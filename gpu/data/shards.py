@@ -7,13 +7,15 @@ A data folder holds, per split (`train`, `val`):
     manifest.json        vocab_size, eot_id, tokenizer, topic names, per-split counts, sources and licences
 
 `np.fromfile(path, dtype=np.uint16)` (or `np.memmap`) reads a `.bin` back; nothing else is needed.
-Every file is written to a temporary name first and moved into place with `os.replace`, so an interrupted
-write never leaves a half-written shard under the real name.
+Every file is written to a temporary name first and moved into place (reference.files.atomic_open), so an
+interrupted write never leaves a half-written shard under the real name.
 """
 import json
 import os
 
 import numpy as np
+
+from reference.files import atomic_open
 
 TOKEN_DTYPE = np.uint16  # nanoGPT: vocab sizes up to 65536 (GPT-2's 50257 fits)
 TOPIC_DTYPE = np.uint8
@@ -51,32 +53,25 @@ def check_vocab(tokenizer_vocab_size, model_vocab_size):
 
 
 def write_json(path, obj):
-    """Write `obj` as JSON atomically (temp file + os.replace)."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
+    """Write `obj` as JSON atomically (reference.files.atomic_open)."""
+    with atomic_open(path, "w") as f:
         json.dump(obj, f, indent=1, sort_keys=False)
         f.write("\n")
-    os.replace(tmp, path)
 
 
 def write_bin(path, chunks, dtype):
     """Write an iterable of 1-D arrays of `dtype` end to end into one flat binary file, atomically.
 
     Streams (a corpus larger than RAM is fine); returns the number of items; ValueError if there are none."""
-    tmp, n = f"{path}.tmp{os.getpid()}", 0
-    try:
-        with open(tmp, "wb") as f:
-            for c in chunks:
-                if c.dtype != dtype:  # a silent cast would wrap ids modulo 2**16
-                    raise TypeError(f"{path}: got a {c.dtype} chunk, expected {np.dtype(dtype)}")
-                f.write(np.ascontiguousarray(c).tobytes())
-                n += len(c)
+    n = 0
+    with atomic_open(path, "wb") as f:
+        for c in chunks:
+            if c.dtype != dtype:  # a silent cast would wrap ids modulo 2**16
+                raise TypeError(f"{path}: got a {c.dtype} chunk, expected {np.dtype(dtype)}")
+            f.write(np.ascontiguousarray(c).tobytes())
+            n += len(c)
         if n == 0:
             raise ValueError(f"no data to write to {path}: the input has no non-empty documents")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return n
 
 

@@ -8,6 +8,8 @@
 """
 import os
 
+from reference.files import atomic_write_text
+
 EOT = "<|endoftext|>"
 BUNDLED_VOCAB_SIZE = 2048
 
@@ -90,13 +92,11 @@ def gpt2_tokenizer():
     try:
         tok = Tokenizer.from_pretrained("gpt2")
     except Exception as e:  # no network, hub down, ...
-        raise RuntimeError("could not fetch the GPT-2 tokenizer (needs network once): `pip install tiktoken` or "
+        raise ConnectionError("could not fetch the GPT-2 tokenizer (needs network once): `pip install tiktoken` or "
                            "pass --tokenizer PATH/tokenizer.json to use a local tokenizer instead") from e
     return HFTokenizer(tok, "gpt2")
 
 
 def save_tokenizer(tok, path):
     """Save an HFTokenizer as tokenizer.json atomically."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    tok.tok.save(tmp, pretty=False)
-    os.replace(tmp, path)
+    atomic_write_text(path, tok.tok.to_str(pretty=False))

@@ -4,7 +4,11 @@ from __future__ import annotations
 import io
 import os
 
-from reference.files import atomic_write_bytes
+from reference.accounting import flops_per_token, param_counts
+from reference.files import atomic_write_bytes, atomic_write_text
+from reference.train import unigram_loss
+
+from .data import scored_tokens
 
 
 def depth_histogram_png(hist: list[int], title: str) -> bytes | None:
@@ -30,6 +34,7 @@ def depth_histogram_png(hist: list[int], title: str) -> bytes | None:
 
 
 def write_report(run_dir, mc, tc, ev: dict, unigram: float, counts: dict, flops_at_depth: float) -> str:
+    """Write RUN/report.md (and depth_hist.png with matplotlib) from the last evaluation `ev`; returns its path."""
     total = max(1, sum(ev["depth_hist"]))
     scored = f", targets of topics {tc.ignore_topics} not scored" if tc.ignore_topics else ""
     lines = [
@@ -57,5 +62,23 @@ def write_report(run_dir, mc, tc, ev: dict, unigram: float, counts: dict, flops_
         for name, d in sorted(ev["depth_by_topic"].items(), key=lambda kv: -kv[1]["mean"]):
             lines.append(f"| {name} | {d['mean']:.3f} | {d['std']:.3f} | {d['count']} |")
     path = os.path.join(run_dir, "report.md")
-    atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
+    atomic_write_text(path, "\n".join(lines) + "\n")
     return path
+
+
+def banner(tc, mc, seq_len: int, device, world: int, resumed_at: int | None) -> str:
+    """The line a run starts with: preset, halting, size, FLOPs per token, device, and where it resumes."""
+    counts = param_counts(mc)
+    return (f"adaloop: {tc.preset} halt={mc.halt} scope={mc.loop_scope} max_loops={mc.max_loops} | "
+            f"{counts['unique'] / 1e6:.2f}M params ({counts['non_embedding'] / 1e6:.2f}M non-embedding) | "
+            f"{flops_per_token(mc, seq_len=seq_len) / 1e6:.1f} MFLOP/token (train, full depth) | "
+            f"device={device} dtype={tc.dtype} world={world}"
+            + (f" | resuming at step {resumed_at}" if resumed_at is not None else ""))
+
+
+def finish(tc, mc, data, ev: dict, seq_len: int) -> None:
+    """Write the report of a finished run next to the unigram baseline of its data, and print the summary line."""
+    baseline = unigram_loss(*(scored_tokens(data, split) for split in ("train", "val")), mc.vocab_size)
+    write_report(tc.out, mc, tc, ev, baseline, param_counts(mc), flops_per_token(mc, ev["mean_depth"], seq_len))
+    print(f"val ce {ev['val_ce']:.4f} nats/token (unigram baseline {baseline:.4f}) | mean depth "
+          f"{ev['mean_depth']:.2f} | report: {os.path.join(tc.out, 'report.md')}")

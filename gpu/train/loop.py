@@ -1,0 +1,149 @@
+"""The step loop: learning-rate schedule, gradient accumulation, clipping, the divergence stop, logging, and the
+evaluation and checkpoint cadence."""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from reference.halting import get_rule
+from reference.optim import lr_at
+
+from .. import checkpoint as ckpt
+from ..config import TrainConfig
+from ..diagnostics import collapsed
+from .build import Trainee
+from .data import sample_global_batch
+from .device import Dist, autocast
+from .distributed import accumulation_context
+from .evaluate import evaluate
+from .metrics import Recorder
+from .resume import save
+
+
+class TrainingDiverged(RuntimeError):
+    """The training loss became NaN or infinite; nothing was saved at that step. The message names the last good
+    checkpoint. An entry point exits with `exit_code`."""
+
+    exit_code = 1
+
+
+@dataclass
+class Session:
+    """Everything the step loop reads or updates."""
+
+    tc: TrainConfig
+    mc: object                      # reference.config.LoopConfig
+    dist: Dist
+    device: torch.device
+    data: dict                      # gpu.train.data.load_data
+    seq_len: int
+    trainee: Trainee
+    rng: np.random.Generator        # draws the batches (and --random-loops depths); saved in checkpoints
+    collapse_streak: int = 0
+    last_eval: dict | None = None
+    clock: dict = field(default_factory=dict)  # t0 and the step the throughput window starts at
+
+
+def check_random_loops(tc: TrainConfig, mc) -> None:
+    """--random-loops draws the depth itself, which only a rule without a halting decision leaves open."""
+    if tc.random_loops and get_rule(mc.halt).adaptive:
+        raise ValueError(f"--random-loops needs --halt=fixed (halt={mc.halt!r} already chooses each token's depth)")
+
+
+def due(done: int, every: int, max_steps: int) -> bool:
+    """True at every `every`-th step and at the last one."""
+    return done % every == 0 or done == max_steps
+
+
+def train_loop(s: Session, start_step: int, rec: Recorder) -> dict | None:
+    """Steps start_step..max_steps; returns the last evaluation (None if none ran). Raises TrainingDiverged."""
+    from tqdm import tqdm
+    tc = s.tc
+    bar = tqdm(range(start_step, tc.max_steps), initial=start_step, total=tc.max_steps, desc="train",
+               disable=not (tc.progress and s.dist.main), unit="step", dynamic_ncols=True)
+    s.clock = dict(t0=time.time(), start=start_step)
+    s.trainee.model.train()
+    try:
+        for step in bar:
+            lr, loss, depth = optimizer_step(s, step)
+            done = step + 1
+            tok_s = log_train(s, rec, done, lr, loss, depth)
+            bar.set_postfix(loss=f"{loss:.3f}", depth=f"{depth:.2f}", tok_s=f"{tok_s:.0f}")
+            if due(done, tc.eval_every, tc.max_steps):
+                eval_step(s, rec, bar, done)
+            if due(done, tc.ckpt_every, tc.max_steps):
+                t = s.trainee
+                save(t.raw_model, t.model, s.mc, t.optimizer, s.rng, tc, done, s.dist)
+    finally:
+        bar.close()
+    return s.last_eval
+
+
+def optimizer_step(s: Session, step: int) -> tuple[float, float, float]:
+    """One optimizer step (0-based `step`): (learning rate, train loss and mean depth, both averaged over the
+    micro-batches and processes). Raises TrainingDiverged before updating on a non-finite loss."""
+    tc, optimizer = s.tc, s.trainee.optimizer
+    lr = lr_at(step, tc.lr, tc.warmup, tc.max_steps, tc.min_lr_ratio)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    # --random-loops: one depth per optimizer step from the shared rng (the same on every rank; resumes exactly)
+    loops = int(s.rng.integers(s.mc.min_loops, s.mc.max_loops + 1)) if tc.random_loops else None
+    loss_sum, depth_sum = accumulate_gradients(s, loops)
+    if tc.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(s.trainee.model.parameters(), tc.grad_clip)
+    train_loss = s.dist.mean(loss_sum)
+    if not math.isfinite(train_loss):
+        raise TrainingDiverged(f"loss became {train_loss} at step {step}; stopping without saving. Last good "
+                               f"checkpoint: {ckpt.latest_checkpoint(tc.out) or 'none'}. Try a lower --lr, "
+                               f"--grad-clip=1, --dtype=float32, or a larger --step-scale-init/--halt-penalty balance.")
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return lr, train_loss, s.dist.mean(depth_sum)
+
+
+def accumulate_gradients(s: Session, loops: int | None) -> tuple[float, float]:
+    """Backward over grad_accum micro-batches, each loss divided by grad_accum, so the gradient is the one of their
+    mean (= of one batch grad_accum times larger). Returns (mean loss, mean depth) of this process."""
+    tc, model = s.tc, s.trainee.model
+    loss_sum, depth_sum = 0.0, 0.0
+    for micro in range(tc.grad_accum):
+        x, y, _ = sample_global_batch(s.data, "train", tc.batch_size, s.seq_len, s.rng, s.dist)
+        xt, yt = torch.from_numpy(x).to(s.device), torch.from_numpy(y).to(s.device)
+        with accumulation_context(model, tc, s.dist, micro), autocast(tc.dtype, s.device):
+            _, loss, aux = model(xt, yt, loops=loops)
+            (loss / tc.grad_accum).backward()
+        loss_sum += float(loss.detach()) / tc.grad_accum
+        depth_sum += float(aux["n_steps"].float().mean()) / tc.grad_accum
+    return loss_sum, depth_sum
+
+
+def tokens_per_s(s: Session, done: int) -> float:
+    """Training throughput since the loop (re)started, over all processes."""
+    tokens_per_step = s.tc.batch_size * s.seq_len * s.tc.grad_accum * s.dist.world
+    return (done - s.clock["start"]) * tokens_per_step / max(time.time() - s.clock["t0"], 1e-9)
+
+
+def log_train(s: Session, rec: Recorder, done: int, lr: float, loss: float, depth: float) -> float:
+    """A train record every log_every steps and at the last (rank 0); returns the throughput for the bar."""
+    if s.dist.main and due(done, s.tc.log_every, s.tc.max_steps):
+        rec.record("train", done, loss=loss, lr=lr, mean_depth=depth, tokens_per_s=tokens_per_s(s, done))
+    return tokens_per_s(s, done)
+
+
+def eval_step(s: Session, rec: Recorder, bar, done: int) -> None:
+    """Evaluate (every rank), then on rank 0 record it, print a line and warn when halting has collapsed."""
+    ev = s.last_eval = evaluate(s.trainee.model, s.mc, s.tc, s.data, s.device, s.seq_len)
+    if not s.dist.main:
+        return
+    rec.record("eval", done, **ev)
+    end = collapsed(ev, s.mc)
+    s.collapse_streak = s.collapse_streak + 1 if end else 0
+    if s.collapse_streak >= s.tc.collapse_patience:
+        bar.write(f"warning: halting has collapsed: >=95% of tokens stop at {end} for {s.collapse_streak} "
+                  f"evals in a row. Adjust --halt-penalty (lower if stuck at min) or --halt-bias-init.")
+    bar.write(f"step {done}: val ce {ev['val_ce']:.4f} | mean depth {ev['mean_depth']:.2f} "
+              f"| depth histogram {ev['depth_hist']}")

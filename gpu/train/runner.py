@@ -1,0 +1,60 @@
+"""`run`: one training run, composed of the pieces of this package; `main`: the command line around it."""
+from __future__ import annotations
+
+import os
+import sys
+
+from ..cli import run_command
+from ..config import TrainConfig, parse_args
+from .build import build
+from .data import fit_vocab, load_data, training_seq_len
+from .device import Dist, device_kind, setup_device
+from .loop import Session, check_random_loops, train_loop
+from .metrics import Recorder
+from .report import banner, finish
+from .resume import prepare_run_dir, start_state
+
+
+def run(tc: TrainConfig, mc, explicit_model_fields: set = frozenset()) -> dict:
+    """Train; returns the final eval metrics ({} if no eval ran). Raises ValueError / OSError for bad settings or
+    files, and gpu.train.TrainingDiverged on a non-finite loss (its message names the last good checkpoint)."""
+    dist = Dist(device_kind(tc.device))
+    try:
+        return _run(tc, mc, explicit_model_fields, dist)
+    finally:
+        dist.close()
+
+
+def _run(tc: TrainConfig, mc, explicit: set, dist: Dist) -> dict:
+    device = setup_device(tc.device, tc.threads, dist)
+    data = load_data(tc)
+    mc = fit_vocab(mc, explicit, int(data["meta"]["vocab_size"]))
+    seq_len = training_seq_len(tc, mc)
+    check_random_loops(tc, mc)
+    prepare_run_dir(tc, mc, dist)
+    start = start_state(tc, mc)
+    trainee = build(start.params, start.opt_state, mc, tc, device, dist)
+    if dist.main:
+        print(banner(tc, mc, seq_len, device, dist.world, start.step if start.checkpoint else None))
+    session = Session(tc, mc, dist, device, data, seq_len, trainee, start.rng)
+    rec = Recorder(tc.out, dist.main, start.step if start.checkpoint else None, tc.tensorboard)
+    try:
+        last_eval = train_loop(session, start.step, rec)
+    finally:
+        rec.close()
+    if dist.main and last_eval is not None:
+        finish(tc, mc, data, last_eval, seq_len)
+    return last_eval or {}
+
+
+def main(argv=None) -> int:
+    """`python -m gpu.train [--field=value ...]`: 0 when the run finishes; a bad option or value, an unusable data
+    folder or run folder: one line on stderr and 2; a diverged run: 1 (see gpu.cli)."""
+    try:
+        tc, mc, explicit = parse_args(argv)
+    except SystemExit as done:  # --help (0), or a bad option already reported in one line (2)
+        return done.code if isinstance(done.code, int) else 2
+    except BrokenPipeError:  # `--help | head`: the reader left; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    return run_command(lambda: run(tc, mc, explicit))
