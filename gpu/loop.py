@@ -53,5 +53,8 @@ class LoopGroup(nn.Module):
         res = self.rule.resolve(signals, deltas, self.cfg)
         o = sum(res.weights[..., k, None] * s_k for k, s_k in enumerate(states))  # (B, T, D)
         aux = dict(weights=res.weights, n_steps=res.n_steps, remainder=res.remainder, ponder_cost=res.ponder_cost,
-                   kl=res.kl, halt_margin=res.margin, halt_probs=signals, deltas=deltas)
+                   kl=res.kl, halt_margin=res.margin, halt_probs=signals, deltas=deltas,
+                   exit_probs=res.weights if res.exit_probs is None else res.exit_probs)
+        if self.rule.expected_exit_loss:
+            aux["states"] = torch.stack(states, dim=2)  # (B, T, K, D): the loss reads every exit step's logits
         return o, aux

@@ -15,10 +15,12 @@ import torch.nn.functional as F
 
 from reference.checks import check_targets, check_tokens
 from reference.config import LoopConfig
-from reference.model import AUX_KEYS, check_params, init_params
+from reference.model import GROUP_AUX_KEYS, check_params, init_params
 from reference.weights import load_params, save_params
 
 from .block import Block
+from .body import Bank
+from .body import loss_terms as body_terms
 from .halting import get_rule
 from .layers import Norm, rope_tables
 from .loop import LoopGroup
@@ -27,8 +29,10 @@ class LoopedTransformer(nn.Module):
     """The whole model. forward(tokens, targets=None) -> (logits (B, T, V), loss or None, aux).
 
     loss = mean cross-entropy (targets of -1 ignored) + the halting rule's terms (act: halt_penalty * mean ponder
-    cost; pondernet: that + pondernet_beta * mean KL), the means running over tokens and loop groups.
-    aux: n_steps, remainder, ponder_cost, kl, halt_margin (B, T, G); weights, halt_probs, deltas (B, T, G, K).
+    cost; pondernet: that + pondernet_beta * mean KL), the means running over tokens and loop groups, + the bodies'
+    terms (moe: moe_balance * the balance regulariser, gpu/body/loss_terms.py).
+    aux: n_steps, remainder, ponder_cost, kl, halt_margin (B, T, G); weights, halt_probs, deltas (B, T, G, K);
+    route_margin (B, T), the smallest top-k margin of the MoE calls on each token (inf without MoE).
     seed: weights drawn by reference.init_params(cfg, seed); None leaves torch's defaults (from_reference fills them).
     executor: how the loop steps run (gpu/executors/): 'masked' computes every token at every step.
     """
@@ -40,7 +44,8 @@ class LoopedTransformer(nn.Module):
         self.embed = nn.Embedding(V, D)
         self.pos = None if cfg.rope else nn.Embedding(cfg.block_size, D)
         self.prelude = nn.ModuleList(Block(cfg) for _ in range(cfg.n_prelude))
-        self.core = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.memory = Bank(cfg.memory_global_slots, cfg) if cfg.memory in ("global", "both") else None  # shared bank
+        self.core = nn.ModuleList(Block(cfg, core=True, shared=self.memory) for _ in range(cfg.n_layer))
         self.coda = nn.ModuleList(Block(cfg) for _ in range(cfg.n_coda))
         self.loop = nn.ModuleList(LoopGroup(cfg, executor) for _ in range(cfg.n_groups))
         self.norm_f = Norm(D, cfg.norm)
@@ -62,6 +67,7 @@ class LoopedTransformer(nn.Module):
                 check_targets(targets, tokens, cfg)
         T = tokens.shape[1]
         rope_cs = rope_tables(T, cfg.head_dim, cfg.rope_base, tokens.device) if cfg.rope else None
+        body_terms.start(self)  # bodies with a loss term (MoE) record their calls of this pass
         x = self.embed(tokens)  # (B, T, D)
         if self.pos is not None:
             x = x + self.pos.weight[:T]
@@ -71,18 +77,37 @@ class LoopedTransformer(nn.Module):
         for g, group in enumerate(self.loop):
             x, aux_g = group([self.core[i] for i in cfg.group_blocks(g)], x, rope_cs, loops)
             group_aux.append(aux_g)
+        logits = self.head(x, rope_cs)
+        aux = {key: torch.stack([a[key] for a in group_aux], dim=2) for key in GROUP_AUX_KEYS}
+        terms, aux["route_margin"] = body_terms.finish(self, aux["n_steps"], loops or cfg.max_loops)
+        if targets is None:
+            return logits, None, aux
+        if get_rule(cfg.halt).expected_exit_loss:  # exit gate: expected CE over the exits (reference/exits.py)
+            ce = self.expected_exit_ce(group_aux[0]["states"], aux["exit_probs"][:, :, 0], targets, rope_cs)
+        else:
+            ce = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-1)
+        return logits, self.loss(ce, aux) + sum(terms.values()), aux
+
+    def head(self, x, rope_cs):
+        """coda blocks -> final norm -> logits (reference/head.py): (B, T, D) -> (B, T, V)."""
         for block in self.coda:
             x = block(x, rope_cs)
-        logits = F.linear(self.norm_f(x), self.embed.weight if self.lm_head is None else self.lm_head.weight)
-        aux = {key: torch.stack([a[key] for a in group_aux], dim=2) for key in AUX_KEYS}
-        return logits, (None if targets is None else self.loss(logits, targets, aux)), aux
+        return F.linear(self.norm_f(x), self.embed.weight if self.lm_head is None else self.lm_head.weight)
 
-    def loss(self, logits, targets, aux):
-        """mean CE + the halting rule's terms, coefficient * mean aux entry (reference.model.halting_loss_terms)."""
-        loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-1)
+    def expected_exit_ce(self, states, exit_probs, targets, rope_cs):
+        """(1 / n_valid) sum_t sum_n p_n(t) CE(head(s_n))(t): states (B, T, K, D), exit_probs (B, T, K)."""
+        total = 0.0
+        for n in range(states.shape[2]):
+            logits = self.head(states[:, :, n], rope_cs)
+            nll = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-1, reduction="none")
+            total = total + (exit_probs[..., n].flatten() * nll).sum()  # nll = 0 at ignored targets
+        return total / (targets != -1).sum()
+
+    def loss(self, ce, aux):
+        """ce + the halting rule's terms, coefficient * mean aux entry (reference.model.halting_loss_terms)."""
         for key, coef in get_rule(self.cfg.halt).loss_weights(self.cfg).items():
-            loss = loss + coef * aux[key].mean()
-        return loss
+            ce = ce + coef * aux[key].mean()
+        return ce
 
     @torch.no_grad()
     def load_reference(self, params: dict) -> "LoopedTransformer":

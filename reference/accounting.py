@@ -12,7 +12,7 @@ implementation that runs every token until the last one halts spends more.
 """
 from __future__ import annotations
 
-from .body import get_attention, get_ffn
+from .body import get_attention, get_ffn, get_memory
 from .config import LoopConfig, dense_variant
 from .halting import get_rule
 from .model import param_shapes
@@ -55,11 +55,13 @@ def effective_params(cfg: LoopConfig, mean_depth: float | None = None, non_embed
     return base + (depth - 1) * c["core"]
 
 
-def block_flops(cfg: LoopConfig, seq_len: int | None = None) -> float:
+def block_flops(cfg: LoopConfig, seq_len: int | None = None, core: bool = True) -> float:
     """Forward FLOPs per token of one transformer block at context length seq_len (default block_size): its
-    attention body plus its FFN body (each body counts its own, reference/body/)."""
+    attention body plus its FFN body, plus its memory reads in a core block (core=False: a prelude or coda block,
+    which has no memory). Each body counts its own (reference/body/)."""
     T = seq_len or cfg.block_size
-    return get_attention(cfg).flops(cfg, T) + get_ffn(cfg).flops(cfg, T)
+    memory = get_memory(cfg) if core else None
+    return get_attention(cfg).flops(cfg, T) + get_ffn(cfg).flops(cfg, T) + (memory.flops(cfg, T) if memory else 0)
 
 
 def loop_step_overhead_flops(cfg: LoopConfig) -> float:
@@ -78,7 +80,7 @@ def flops_per_token(cfg: LoopConfig, mean_depth: float | None = None, seq_len: i
     if not 0 < depth <= cfg.max_loops:
         raise ValueError(f"mean_depth={depth} is outside (0, max_loops={cfg.max_loops}]")
     blk = block_flops(cfg, seq_len)
-    forward = ((cfg.n_prelude + cfg.n_coda) * blk
+    forward = ((cfg.n_prelude + cfg.n_coda) * block_flops(cfg, seq_len, core=False)
                + depth * (cfg.n_layer * blk + cfg.n_groups * loop_step_overhead_flops(cfg))
                + 2 * cfg.d_model * cfg.vocab_size)
     return 3 * forward if training else forward

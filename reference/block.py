@@ -1,16 +1,18 @@
-"""The pre-norm transformer block: x + attention(norm(x)), then + ffn(norm(.)). Parameters live under a prefix.
+"""The pre-norm transformer block: x + attention(norm(x)), then + ffn(norm(.)), then (core blocks with memory)
++ memory(.). Parameters live under a prefix.
 
-The attention and FFN bodies are components chosen by the config (reference/body/); the block only composes them.
-Names under PREFIX: attn_norm.*, attn.* (the attention body), mlp_norm.*, mlp.* (the FFN body).
+The attention, FFN and memory bodies are components chosen by the config (reference/body/); the block only composes
+them. Names under PREFIX: attn_norm.*, attn.* (the attention body), mlp_norm.*, mlp.* (the FFN body), mem.* (the
+memory body, which norms its own queries).
 """
 from __future__ import annotations
 
 from . import ops
-from .body import get_attention, get_ffn
+from .body import get_attention, get_ffn, get_memory
 from .params import ParamSpec, add_grad, constant
 
 __all__ = ["block_param_specs", "block_forward", "block_backward", "stack_forward", "stack_backward", "add_grad",
-           "add_norm_grads", "norm_param_specs", "norm_params"]
+           "add_norm_grads", "norm_param_specs", "norm_params", "block_records"]
 
 
 def norm_param_specs(name: str, cfg) -> dict[str, ParamSpec]:
@@ -28,8 +30,10 @@ def block_param_specs(prefix: str, cfg) -> dict[str, ParamSpec]:
     attn_norm, mlp_norm = norm_param_specs(f"{prefix}.attn_norm", cfg), norm_param_specs(f"{prefix}.mlp_norm", cfg)
     gains = lambda specs: {k: v for k, v in specs.items() if k.endswith(".weight")}  # noqa: E731
     biases = lambda specs: {k: v for k, v in specs.items() if not k.endswith(".weight")}  # noqa: E731
+    memory = get_memory(cfg, prefix)
     return {**gains(attn_norm), **get_attention(cfg).param_specs(f"{prefix}.attn", cfg),
-            **gains(mlp_norm), **get_ffn(cfg).param_specs(f"{prefix}.mlp", cfg), **biases(attn_norm), **biases(mlp_norm)}
+            **gains(mlp_norm), **get_ffn(cfg).param_specs(f"{prefix}.mlp", cfg), **biases(attn_norm), **biases(mlp_norm),
+            **(memory.param_specs(f"{prefix}.mem", cfg) if memory else {})}
 
 
 def norm_params(params, name):
@@ -50,12 +54,18 @@ def block_forward(params, prefix, x, cfg, rope):
     x1 = x + a
     m_in, c_n2 = ops.norm_forward(x1, *norm_params(params, f"{prefix}.mlp_norm"), kind=cfg.norm)
     m, c_ffn = ffn.forward(params, f"{prefix}.mlp", m_in, cfg, rope)
-    return x1 + m, (prefix, attention, ffn, c_n1, c_att, c_n2, c_ffn)
+    x2, memory, c_mem = x1 + m, get_memory(cfg, prefix), None
+    if memory:
+        r, c_mem = memory.forward(params, f"{prefix}.mem", x2, cfg, rope)
+        x2 = x2 + r
+    return x2, (prefix, attention, ffn, memory, c_n1, c_att, c_n2, c_ffn, c_mem)
 
 
 def block_backward(dout, cache, grads):
     """Adds the block's weight gradients to `grads`; returns dx (B, T, D)."""
-    prefix, attention, ffn, c_n1, c_att, c_n2, c_ffn = cache
+    prefix, attention, ffn, memory, c_n1, c_att, c_n2, c_ffn, c_mem = cache
+    if memory:
+        dout = dout + memory.backward(dout, c_mem, grads)
     dm_in = ffn.backward(dout, c_ffn, grads)
     dx1_n, dw, db = ops.norm_backward(dm_in, c_n2)
     add_norm_grads(grads, f"{prefix}.mlp_norm", dw, db)
@@ -64,6 +74,13 @@ def block_backward(dout, cache, grads):
     dx_n, dw, db = ops.norm_backward(da_in, c_n1)
     add_norm_grads(grads, f"{prefix}.attn_norm", dw, db)
     return dx1 + dx_n
+
+
+def block_records(cache):
+    """(body prefix, body, Record) of this block call's bodies that add a loss term (reference/body/loss_terms.py)."""
+    prefix, attention, ffn, memory, _, c_att, _, c_ffn, c_mem = cache
+    return [(f"{prefix}.{name}", body, body.record(c)) for name, body, c in
+            (("attn", attention, c_att), ("mlp", ffn, c_ffn), ("mem", memory, c_mem)) if hasattr(body, "record")]
 
 
 def stack_forward(params, prefixes, x, cfg, rope):

@@ -10,7 +10,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-from .body import ATTENTIONS, FFNS
+from .body import ATTENTIONS, FFNS, MEMORY_MODES
 from .halting import RULES
 
 LOOP_SCOPES = ("stack", "layer")
@@ -43,16 +43,26 @@ class LoopConfig:
     step_scale_init: float = 0.1   # gamma of s_k = s_{k-1} + gamma * r(x_k); near zero = near-identity loops
     backprop_loops: int = 0        # truncated backprop through depth: gradients flow through the last k steps only (0 = all)
     # halting
-    halt: str = "act"              # halting rule: fixed | act | pondernet | converge
+    halt: str = "act"              # halting rule: fixed | act | pondernet | converge | exit_gate
     act_eps: float = 0.01          # ACT halts once the cumulative halting sum reaches 1 - eps (PonderNet: survival <= eps)
     halt_bias_init: float = 1.0    # Graves 2016 uses +1 (halt early); "deep start" uses -3
     halt_penalty: float = 0.001    # tau: weight of the mean ponder cost in the loss (0.01 collapses tiny to depth 1)
     pondernet_prior: float = 0.5   # lambda_p of the truncated geometric prior
     pondernet_beta: float = 0.01   # beta: weight of KL(p || prior) in the loss
     converge_tol: float = 0.05     # converge halts once ||s_k - s_{k-1}|| / ||s_{k-1}|| < tol
+    exit_threshold: float = 0.5    # exit_gate: exit at the first step whose cumulative exit probability >= q (1 = never early)
+    exit_entropy: float = 0.05     # exit_gate: beta, weight of KL(exit distribution || uniform) = -entropy + const
     # block body
-    attention: str = "softmax"     # attention body: softmax (causal multi-head softmax attention)
-    ffn: str = "mlp"               # feed-forward body: mlp (two layers with the activation below)
+    attention: str = "softmax"     # attention body: softmax (causal multi-head softmax) | linear (causal linear, elu+1)
+    ffn: str = "mlp"               # feed-forward body: mlp (two layers, the activation below) | moe (MoEUT's sigma-MoE)
+    n_experts: int = 4             # moe: experts per MoE body (the seed's setting: 4 experts, top-2)
+    moe_top_k: int = 2             # moe: experts each token uses, the top-k of sigmoid scores (no renormalisation)
+    moe_expert_size: int = 0       # moe: width of one expert; 0 = mlp_ratio * d_model // moe_top_k (the MLP's FLOPs)
+    moe_balance: float = 0.01      # moe: weight of the balance loss KL(mean expert selection || uniform) (MoEUT: 0.01)
+    memory: str = "none"           # gated memory banks in the core blocks (Frey et al.): none | local | global | both
+    memory_local_slots: int = 16   # memory: slots of each core block's own bank
+    memory_global_slots: int = 64  # memory: slots of the one bank every core block shares
+    memory_gate_bias_init: float = -2.0  # memory: initial b_g of the gates sigmoid(W_g h + b_g); -2 = mostly closed
     norm: str = "rmsnorm"          # rmsnorm | layernorm, before each body and at the end
     activation: str = "gelu"       # gelu (tanh approximation) | relu
     rope: bool = True              # rotary position embeddings; False = learned absolute positions
@@ -113,10 +123,11 @@ def _validate(c: LoopConfig) -> None:
             _fail(f.name, v, "a finite number (not nan or inf)")
         if f.type in ("bool", bool) and not isinstance(v, bool):
             _fail(f.name, v, "True or False")
-    for name in ("vocab_size", "block_size", "d_model", "n_head", "mlp_ratio", "max_loops", "min_loops", "n_layer"):
+    for name in ("vocab_size", "block_size", "d_model", "n_head", "mlp_ratio", "max_loops", "min_loops", "n_layer",
+                 "n_experts", "moe_top_k", "memory_local_slots", "memory_global_slots"):
         if getattr(c, name) < 1:
             _fail(name, getattr(c, name), "an int >= 1")
-    for name in ("n_prelude", "n_coda", "backprop_loops"):
+    for name in ("n_prelude", "n_coda", "backprop_loops", "moe_expert_size"):
         if getattr(c, name) < 0:
             _fail(name, getattr(c, name), "an int >= 0")
     if c.d_model % c.n_head:
@@ -125,7 +136,13 @@ def _validate(c: LoopConfig) -> None:
         _fail("d_model", c.d_model, f"d_model / n_head even for RoPE (head_dim={c.head_dim})")
     if c.min_loops > c.max_loops:
         _fail("min_loops", c.min_loops, f"an int in [1, max_loops={c.max_loops}]")
-    registered = (("halt", tuple(RULES)), ("attention", tuple(ATTENTIONS)), ("ffn", tuple(FFNS)))  # read live
+    if c.moe_top_k > c.n_experts:
+        _fail("moe_top_k", c.moe_top_k, f"an int in [1, n_experts={c.n_experts}] (no more experts than exist)")
+    if c.moe_expert_size == 0 and c.mlp_ratio * c.d_model < c.moe_top_k:
+        _fail("moe_expert_size", 0, f"an int >= 1 here: the default mlp_ratio * d_model // moe_top_k = "
+              f"{c.mlp_ratio} * {c.d_model} // {c.moe_top_k} is 0")
+    registered = (("halt", tuple(RULES)), ("attention", tuple(ATTENTIONS)), ("ffn", tuple(FFNS)),  # read live
+                  ("memory", MEMORY_MODES))
     for name, options in (("loop_scope", LOOP_SCOPES), ("input_injection", INJECTIONS), ("norm", NORMS),
                           ("activation", ACTIVATIONS), *registered):
         if getattr(c, name) not in options:
@@ -134,7 +151,12 @@ def _validate(c: LoopConfig) -> None:
         _fail("act_eps", c.act_eps, "a number in (0, 1)")
     if not 0 < c.pondernet_prior < 1:
         _fail("pondernet_prior", c.pondernet_prior, "a number in (0, 1)")
-    for name in ("halt_penalty", "pondernet_beta", "converge_tol", "init_std"):
+    if not 0 < c.exit_threshold <= 1:
+        _fail("exit_threshold", c.exit_threshold, "a number in (0, 1]")
+    if RULES[c.halt].expected_exit_loss and c.n_groups > 1:
+        _fail("loop_scope", c.loop_scope, f"'stack' (or n_layer=1) with halt={c.halt!r}: each exit step is a whole "
+                                          f"model output, so there must be one loop group")
+    for name in ("halt_penalty", "pondernet_beta", "converge_tol", "init_std", "moe_balance", "exit_entropy"):
         if getattr(c, name) < 0:
             _fail(name, getattr(c, name), "a number >= 0")
     if c.rope_base <= 0:

@@ -111,19 +111,21 @@ def loop_forward(params, g, e, cfg, rope):
     S = xp.stack(states, axis=-2)  # (B, T, K, D)
     o = xp.einsum("btk,btkd->btd", res.weights, S)
     aux = dict(weights=res.weights, n_steps=res.n_steps, remainder=res.remainder, ponder_cost=res.ponder_cost,
-               kl=res.kl, halt_margin=res.margin, halt_probs=signals, deltas=deltas)
+               kl=res.kl, halt_margin=res.margin, halt_probs=signals, deltas=deltas,
+               exit_probs=res.weights if res.exit_probs is None else res.exit_probs)
     return o, aux, (g, S, res.weights, signals, step_caches, unit_caches, gamma)
 
 
-def loop_backward(do, dloss_aux, cache, params, cfg, grads):
-    """do: (B, T, D) grad of the group output; dloss_aux: aux key -> (B, T) grad of that aux entry (the halting
-    terms of the loss). Adds weight gradients to `grads` and returns de, the gradient of the group input."""
+def loop_backward(do, dloss_aux, cache, params, cfg, grads, dstates=None):
+    """do: (B, T, D) grad of the group output; dloss_aux: aux key -> grad of that aux entry (the halting terms of
+    the loss, (B, T); exit_probs (B, T, K) for the exit gate's expected loss); dstates: (B, T, K, D) grads of the
+    step states themselves, or None. Adds weight gradients to `grads` and returns de, the gradient of the input."""
     xp = ops.xp_of(do)
     g, S, weights, signals, step_caches, unit_caches, gamma = cache
     zeros = xp.zeros(do.shape[:2], dtype=do.dtype)
     dweights = xp.einsum("btd,btkd->btk", do, S)
     dsig = get_rule(cfg.halt).resolve_backward(signals, cfg, dweights, dloss_aux.get("ponder_cost", zeros),
-                                               dloss_aux.get("kl", zeros))
+                                               dloss_aux.get("kl", zeros), dloss_aux.get("exit_probs"))
     ds = xp.zeros_like(do)
     de = xp.zeros_like(do)
     dgamma = xp.zeros_like(gamma)
@@ -135,6 +137,8 @@ def loop_backward(do, dloss_aux, cache, params, cfg, grads):
                 unit_backward(dsig[..., k], unit_caches[k], params, grads)
             continue
         ds = ds + weights[..., k, None] * do
+        if dstates is not None:
+            ds = ds + dstates[:, :, k]
         if unit_caches[k] is not None and dsig is not None:  # a rule may send no gradient to its unit
             ds = ds + unit_backward(dsig[..., k], unit_caches[k], params, grads)
         if step_caches[k] is not None:  # s_k = s_{k-1} + m gamma r_k; identity path carries ds back

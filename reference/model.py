@@ -5,6 +5,7 @@ tokens (B, T) -> embed (+ learned positions unless RoPE) -> prelude blocks -> lo
 loss = mean cross-entropy + sum over the halting rule's loss weights of coefficient * mean aux entry:
        act: halt_penalty * mean ponder cost; pondernet: that + pondernet_beta * mean KL(p || prior);
        fixed and converge: no halting term. Means run over tokens and loop groups.
+     + the bodies' terms (reference/body/loss_terms.py): moe: moe_balance * mean KL(mean selection || uniform).
 Parameters are declared with their init by the components that own them (reference/params.py).
 """
 from __future__ import annotations
@@ -12,22 +13,23 @@ from __future__ import annotations
 import numpy as np
 
 from . import ops
-from .block import add_norm_grads, block_param_specs, norm_param_specs, norm_params, stack_backward, stack_forward
+from .block import block_param_specs, block_records, norm_param_specs, stack_backward, stack_forward
+from .body import loss_terms, memory
 from .checks import check_targets, check_tokens
 from .config import LoopConfig
+from .exits import expected_exit_ce, expected_exit_ce_backward
 from .halting import get_rule
+from .head import coda_names, head_backward, head_forward
 from .loop import loop_backward, loop_forward, loop_param_specs
 from .params import ParamSpec, add_grad, normal
 
-AUX_KEYS = ("n_steps", "remainder", "ponder_cost", "kl", "weights", "halt_probs", "deltas", "halt_margin")
+GROUP_AUX_KEYS = ("n_steps", "remainder", "ponder_cost", "kl", "weights", "halt_probs", "deltas", "halt_margin",
+                  "exit_probs")
+AUX_KEYS = GROUP_AUX_KEYS + ("route_margin",)  # route_margin (B, T): the bodies' top-k margin, inf without one
 
 
 def prelude_names(cfg):
     return [f"prelude.{i}" for i in range(cfg.n_prelude)]
-
-
-def coda_names(cfg):
-    return [f"coda.{i}" for i in range(cfg.n_coda)]
 
 
 def param_specs(cfg: LoopConfig) -> dict[str, ParamSpec]:
@@ -41,6 +43,8 @@ def param_specs(cfg: LoopConfig) -> dict[str, ParamSpec]:
         specs.update(block_param_specs(prefix, cfg))
     for g in range(cfg.n_groups):
         specs.update(loop_param_specs(g, cfg))
+    specs.update(memory.global_param_specs(cfg))  # the bank every core block shares (memory=global|both)
+    specs.update(memory.global_param_specs(cfg))  # the bank all core blocks share (memory=global|both)
     specs.update(norm_param_specs("norm_f", cfg))
     if not cfg.tie_embeddings:
         specs["lm_head.weight"] = normal(V, D, std=cfg.init_std)
@@ -76,10 +80,6 @@ def _rope(cfg, T, xp, dtype):
     return ops.rope_tables(T, cfg.head_dim, cfg.rope_base, xp, dtype) if cfg.rope else None
 
 
-def _head_weight(params, cfg):
-    return params["embed.weight"] if cfg.tie_embeddings else params["lm_head.weight"]
-
-
 def embed_and_prelude(params, tokens, cfg: LoopConfig):
     """Checks the inputs, then embeds and runs the prelude: (x (B, T, D), rope tables, caches)."""
     check_params(params, cfg)
@@ -94,9 +94,23 @@ def embed_and_prelude(params, tokens, cfg: LoopConfig):
     return x, rope, (c_emb, c_pre)
 
 
+def _body_calls(c_pre, c_loops, c_coda):
+    """Every call of a body with a loss term, as (prefix, body, Record, mask): mask None in the prelude and coda,
+    the running mask of the step in a loop (reference/loop.py's cache: step k's is (mask (B, T, 1), r, c_step),
+    c_step[1] the step's block caches; None for a step skipped once every token had halted)."""
+    calls = [(*rec, None) for c in c_pre + c_coda for rec in block_records(c)]
+    for c_loop in c_loops:
+        for step in c_loop[4]:
+            if step is not None:
+                calls += [(*rec, step[0][..., 0]) for c in step[2][1] for rec in block_records(c)]
+    return calls
+
+
 def forward(params, tokens, cfg: LoopConfig, _keep_cache=False):
     """logits (B, T, V) and aux: per token and loop group, n_steps, remainder, ponder_cost, kl, halt_margin
-    (B, T, G); per step, weights, halt_probs and deltas (B, T, G, K)."""
+    (B, T, G); per step, weights, halt_probs, deltas and exit_probs (B, T, G, K); per token, route_margin (B, T):
+    the smallest top-k margin of the MoE calls on that token (inf without MoE). The bodies' loss terms are computed
+    over the calls of this pass (the coda's on the loop output), reference/body/loss_terms.py."""
     x, rope, (c_emb, c_pre) = embed_and_prelude(params, tokens, cfg)
     xp, T = ops.xp_of(x), tokens.shape[1]
     group_aux, c_loops = [], []
@@ -104,12 +118,12 @@ def forward(params, tokens, cfg: LoopConfig, _keep_cache=False):
         x, aux_g, c = loop_forward(params, g, x, cfg, rope)
         group_aux.append(aux_g)
         c_loops.append(c)
-    x, c_coda = stack_forward(params, coda_names(cfg), x, cfg, rope)
-    xn, c_norm = ops.norm_forward(x, *norm_params(params, "norm_f"), kind=cfg.norm)
-    logits, c_head = ops.linear_forward(xn, _head_weight(params, cfg))
-    aux = {key: xp.stack([a[key] for a in group_aux], axis=2) for key in AUX_KEYS}
+    logits, c_head = head_forward(params, x, cfg, rope)
+    aux = {key: xp.stack([a[key] for a in group_aux], axis=2) for key in GROUP_AUX_KEYS}
+    body_terms, margin, c_terms = loss_terms.forward(_body_calls(c_pre, c_loops, c_head[0]), cfg)
+    aux["route_margin"] = xp.full(tokens.shape, xp.inf, dtype=x.dtype) if margin is None else margin
     if _keep_cache:
-        return logits, aux, (c_emb, c_pre, c_loops, c_coda, c_norm, c_head, T)
+        return logits, aux, (c_emb, c_pre, c_loops, c_head, rope, T, body_terms, c_terms)
     return logits, aux
 
 
@@ -121,33 +135,39 @@ def halting_loss_terms(aux, cfg) -> dict[str, float]:
 def loss(params, tokens, targets, cfg: LoopConfig):
     """Forward-only loss (what loss_and_grads differentiates) and its parts."""
     check_targets(targets, tokens, cfg)
-    logits, aux = forward(params, tokens, cfg)
-    ce, _ = ops.cross_entropy_forward(logits, targets)
+    logits, aux, (_, _, c_loops, _, rope, _, body_terms, _) = forward(params, tokens, cfg, _keep_cache=True)
+    if get_rule(cfg.halt).expected_exit_loss:  # the exit gate: expected CE over the exit steps (reference/exits.py)
+        ce, _ = expected_exit_ce(params, c_loops[0][1], aux["exit_probs"][:, :, 0], targets, cfg, rope)
+    else:
+        ce, _ = ops.cross_entropy_forward(logits, targets)
     terms = halting_loss_terms(aux, cfg)
-    return ce + sum(terms.values()), dict(ce=ce, ponder=terms.get("ponder_cost", 0.0), kl=terms.get("kl", 0.0),
-                                          logits=logits, aux=aux)
+    return ce + sum(terms.values()) + sum(body_terms.values()), dict(
+        ce=ce, ponder=terms.get("ponder_cost", 0.0), kl=terms.get("kl", 0.0), **body_terms, logits=logits, aux=aux)
 
 
 def forward_backward(params, tokens, targets, cfg: LoopConfig):
     """(loss, grads, logits, aux): everything one training step needs, from one forward pass."""
     check_targets(targets, tokens, cfg)
-    logits, aux, (c_emb, c_pre, c_loops, c_coda, c_norm, c_head, T) = forward(params, tokens, cfg, _keep_cache=True)
-    ce, c_ce = ops.cross_entropy_forward(logits, targets)
-    terms = halting_loss_terms(aux, cfg)
+    logits, aux, (c_emb, c_pre, c_loops, c_head, rope, T, body_terms, c_terms) = forward(params, tokens, cfg,
+                                                                                         _keep_cache=True)
+    loss_terms.backward(c_terms)  # each body call's d (body terms) / d (its statistic), read by its own backward
+    rule = get_rule(cfg.halt)
+    terms = {**halting_loss_terms(aux, cfg), **body_terms}
     xp = ops.xp_of(logits)
     grads = {}
-    dlogits = ops.cross_entropy_backward(1.0, c_ce)
-    dxn, dw_head = ops.linear_backward(dlogits, c_head)
-    add_grad(grads, "embed.weight" if cfg.tie_embeddings else "lm_head.weight", dw_head)
-    dx, dw, db = ops.norm_backward(dxn, c_norm)
-    add_norm_grads(grads, "norm_f", dw, db)
-    dx = stack_backward(dx, c_coda, grads)
     B = tokens.shape[0]
     n = B * T * cfg.n_groups  # the halting terms are means over tokens and groups
-    daux = {key: xp.full((B, T), coef / n, dtype=logits.dtype)
-            for key, coef in get_rule(cfg.halt).loss_weights(cfg).items()}
+    daux = {key: xp.full((B, T), coef / n, dtype=logits.dtype) for key, coef in rule.loss_weights(cfg).items()}
+    dstates = None
+    if rule.expected_exit_loss:  # one loop group; the output logits (the inference exit) are not in the loss
+        ce, c_exit = expected_exit_ce(params, c_loops[0][1], aux["exit_probs"][:, :, 0], targets, cfg, rope)
+        dstates, daux["exit_probs"] = expected_exit_ce_backward(c_exit, grads)
+        dx = head_backward(xp.zeros_like(logits), c_head, grads)  # no CE there; a body term may still reach it
+    else:
+        ce, c_ce = ops.cross_entropy_forward(logits, targets)
+        dx = head_backward(ops.cross_entropy_backward(1.0, c_ce), c_head, grads)
     for c in reversed(c_loops):
-        dx = loop_backward(dx, daux, c, params, cfg, grads)
+        dx = loop_backward(dx, daux, c, params, cfg, grads, dstates)
     dx = stack_backward(dx, c_pre, grads)
     if not cfg.rope:
         dpos = xp.zeros_like(params["pos.weight"])

@@ -204,6 +204,20 @@ IGNORE_INDEX = -1
 
 def cross_entropy_forward(logits, targets):
     """Mean over the targets != -1 of -log softmax(logits)[target]. logits (B, T, V), targets (B, T)."""
+    nll, cache = token_cross_entropy_forward(logits, targets)
+    xp = xp_of(logits)
+    return xp.sum(nll) / cache[-1], cache
+
+
+def cross_entropy_backward(dloss, cache):
+    xp = xp_of(cache[0])
+    dnll = xp.full(cache[1].shape, dloss / cache[-1], dtype=cache[0].dtype)  # every real target weighs 1 / n_valid
+    return token_cross_entropy_backward(dnll, cache)
+
+
+def token_cross_entropy_forward(logits, targets):
+    """Per-token -log softmax(logits)[target] (B, T), 0 where the target is the ignore index -1; the cache ends with
+    the number of real targets. logits (B, T, V), targets (B, T)."""
     xp = xp_of(logits)
     valid = targets != IGNORE_INDEX
     n_valid = int(valid.sum())
@@ -212,15 +226,13 @@ def cross_entropy_forward(logits, targets):
     z = logits - xp.max(logits, axis=-1, keepdims=True)
     logp = z - xp.log(xp.sum(xp.exp(z), axis=-1, keepdims=True))  # (B, T, V)
     safe = xp.where(valid, targets, 0)
-    nll = -xp.take_along_axis(logp, safe[..., None], axis=-1)[..., 0]  # (B, T)
-    loss = xp.sum(nll * valid) / n_valid
-    return loss, (logp, safe, valid, n_valid)
+    nll = -xp.take_along_axis(logp, safe[..., None], axis=-1)[..., 0] * valid  # (B, T)
+    return nll, (logp, safe, valid, n_valid)
 
 
-def cross_entropy_backward(dloss, cache):
-    logp, safe, valid, n_valid = cache
+def token_cross_entropy_backward(dnll, cache):
+    """dlogits (B, T, V) from d loss / d nll (B, T)."""
+    logp, safe, valid, _ = cache
     xp = xp_of(logp)
-    dlogits = xp.exp(logp)
     onehot = xp.arange(logp.shape[-1])[None, None, :] == safe[..., None]
-    scale = (valid[..., None] * (dloss / n_valid)).astype(logp.dtype)  # keep the dtype we were given
-    return (dlogits - onehot) * scale
+    return (xp.exp(logp) - onehot) * (dnll * valid)[..., None].astype(logp.dtype)

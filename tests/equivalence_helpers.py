@@ -14,7 +14,7 @@ import torch
 from hypothesis import assume, strategies as st
 
 import reference as R
-from reference.body import ATTENTIONS, FFNS
+from reference.body import ATTENTIONS, FFNS, MEMORY_MODES
 from reference.config import ACTIVATIONS, HALT_MODES, INJECTIONS, LOOP_SCOPES, NORMS
 
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # needed by torch.use_deterministic_algorithms on CUDA
@@ -28,7 +28,8 @@ os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # needed by torch.u
 # layer and loop step). In float32 the reference's own float32 run misses 1e-5 by up to ~3x on ill-conditioned
 # draws (measured against its float64 run), so no float32 implementation can be held to 1e-5 there.
 # flip_margin: a draw whose reference halting margin (aux["halt_margin"], the distance of a halting statistic to
-# its threshold at a decision taken) is below this may legitimately get another N(t); such draws are excluded.
+# its threshold at a decision taken) is below this may legitimately get another N(t); such draws are excluded. The
+# same margin applies to the MoE's top-k (aux["route_margin"], the gap of the k-th and (k+1)-th expert scores).
 TOLERANCES = {
     "float64": dict(rtol=1e-9, atol=1e-12, grad_rtol=1e-9, grad_atol=1e-12, flip_margin=1e-6),
     "float32": dict(rtol=1e-5, atol=1e-5, grad_rtol=1e-4, grad_atol=1e-4, flip_margin=1e-3),
@@ -194,26 +195,39 @@ def configs(draw, **fixed):
         activation=draw(st.sampled_from(ACTIVATIONS)), rope=head_dim % 2 == 0 and draw(st.booleans()),
         rope_base=draw(st.sampled_from([10000.0, 100.0])), tie_embeddings=draw(st.booleans()),
         init_std=draw(st.floats(0.2, 0.5)), attention=draw(st.sampled_from(sorted(ATTENTIONS))),
-        ffn=draw(st.sampled_from(sorted(FFNS))))  # every registered body
+        ffn=draw(st.sampled_from(sorted(FFNS))), memory=draw(st.sampled_from(MEMORY_MODES)))  # every registered body
+    n_experts = draw(st.integers(1, 4))  # the bodies' own knobs, small
+    fields.update(n_experts=n_experts, moe_top_k=draw(st.integers(1, n_experts)),
+                  moe_expert_size=draw(st.sampled_from([0, 3])), moe_balance=draw(st.sampled_from([0.0, 0.01, 0.5])),
+                  memory_local_slots=draw(st.integers(1, 4)), memory_global_slots=draw(st.integers(1, 5)),
+                  memory_gate_bias_init=draw(st.floats(-2.0, 1.0)))
     fields.update(fixed)
+    if R.halting.get_rule(fields["halt"]).expected_exit_loss:
+        fields["loop_scope"] = "stack"  # each exit step is a whole model output: one loop group
     return R.LoopConfig(**fields)
 
 
 @st.composite
 def model_cases(draw, dtype, **fixed):
-    """(cfg, params, tokens, targets) away from halting flips at `dtype` (the only draws excluded).
-    bf16 decisions flip at almost any margin, so there a too-close draw runs as halt='fixed' instead."""
+    """(cfg, params, tokens, targets) away from halting and top-k flips at `dtype` (the only draws excluded).
+    bf16 decisions flip at almost any margin, so there a too-close draw runs as halt='fixed' with every expert
+    used instead (no decision left)."""
     cfg = draw(configs(**fixed))
     seed, B, T = draw(st.integers(0, 2 ** 20)), draw(st.integers(1, 3)), draw(st.integers(1, cfg.block_size))
     params = perturbed_params(cfg, seed)
     tokens, targets = random_batch(cfg, seed, B, T)
     if min_margin(round_to(params, dtype), tokens, cfg) <= TOLERANCES[dtype]["flip_margin"]:
         assume(dtype == "bfloat16")
-        cfg = cfg.replace(halt="fixed")
+        cfg = cfg.replace(halt="fixed", moe_top_k=cfg.n_experts)
         params = perturbed_params(cfg, seed)
     return cfg, params, tokens, targets
 
 
+def aux_margin(aux) -> float:
+    """The smallest decision margin of a forward pass: halting (halt_margin) and the MoE's top-k (route_margin)."""
+    return float(min(aux["halt_margin"].min(), aux["route_margin"].min()))
+
+
 def min_margin(params, tokens, cfg) -> float:
     _, aux = R.forward(params, tokens, cfg)
-    return float(aux["halt_margin"].min())
+    return aux_margin(aux)

@@ -13,18 +13,22 @@ import torch
 from hypothesis import assume, given, settings, strategies as st
 
 import reference as R
-from equivalence_helpers import (TOLERANCES, TORCH_DTYPES, assert_close, autocast, backend_params, configs, min_margin,
+from equivalence_helpers import (TOLERANCES, TORCH_DTYPES, assert_close, autocast, aux_margin, backend_params, configs,
+                                 min_margin,
                                  model_cases, perturbed_params, random_batch, round_to, run_model, storage_dtype,
                                  to_numpy, torch_device)
 from gpu import halting as GH
 from gpu import layers as L
 from gpu.body.mlp import mlp as torch_mlp
+from gpu.body.linear_attention import linear_attention as torch_linear_attention
 from gpu.body.softmax_attention import attention as torch_attention
 from gpu.model import LoopedTransformer, from_reference, load, save
 from reference import halting as RH
 from reference import ops, optim, weights
+from reference.body import linear_attention as RL
 from reference.config import HALT_MODES, LOOP_SCOPES
 from reference.model import AUX_KEYS
+from test_bodies import BODY_OPS  # the op cases of the MoE, its balance term and the memory banks
 
 ALL = backend_params()
 
@@ -59,19 +63,19 @@ def _rope_case():
     return (lambda rng, B, T, D, H: dict(x=rng.normal(size=(B, H, T, 2 * D // H)))), ref, tch
 
 
-def _attention_case(use_rope):
+def _attention_case(use_rope, forward=ops.attention_forward, backward=ops.attention_backward, tch_op=torch_attention):
     def inputs(rng, B, T, D, H):
         return dict(x=rng.normal(size=(B, T, D)), w_qkv=rng.normal(0, 0.5, (3 * D, D)),
                     w_proj=rng.normal(0, 0.5, (D, D)))
 
     def ref(x, w_qkv, w_proj, H):
         cs = ops.rope_tables(x.shape[1], x.shape[2] // H, 10000.0, ops.xp_of(x), x.dtype) if use_rope else None
-        out, c = ops.attention_forward(x, w_qkv, w_proj, H, cs)
-        return out, lambda dy: dict(zip(("x", "w_qkv", "w_proj"), ops.attention_backward(dy, c)))
+        out, c = forward(x, w_qkv, w_proj, H, cs)
+        return out, lambda dy: dict(zip(("x", "w_qkv", "w_proj"), backward(dy, c)))
 
     def tch(x, w_qkv, w_proj, H):
         cs = L.rope_tables(x.shape[1], x.shape[2] // H, 10000.0, x.device) if use_rope else None
-        return torch_attention(x, w_qkv, w_proj, H, cs)
+        return tch_op(x, w_qkv, w_proj, H, cs)
 
     return inputs, ref, tch
 
@@ -107,7 +111,10 @@ def _cross_entropy_case():
 OPS = {"norm-rmsnorm": _norm_case("rmsnorm", True), "norm-layernorm": _norm_case("layernorm", True),
        "norm-rmsnorm-nogain": _norm_case("rmsnorm", False), "norm-layernorm-nogain": _norm_case("layernorm", False),
        "rope": _rope_case(), "attention": _attention_case(False), "attention-rope": _attention_case(True),
-       "mlp-gelu": _mlp_case("gelu"), "mlp-relu": _mlp_case("relu"), "cross_entropy": _cross_entropy_case()}
+       **{f"attention-linear{r}": _attention_case(bool(r), RL.linear_attention_forward, RL.linear_attention_backward,
+                                                  torch_linear_attention) for r in ("", "-rope")},
+       "mlp-gelu": _mlp_case("gelu"), "mlp-relu": _mlp_case("relu"), "cross_entropy": _cross_entropy_case(),
+       **BODY_OPS}  # an entry may carry a 4th function: the margin of its threshold decision (MoE top-k)
 
 
 @pytest.mark.parametrize("op", OPS)
@@ -115,13 +122,15 @@ OPS = {"norm-rmsnorm": _norm_case("rmsnorm", True), "norm-layernorm": _norm_case
 @given(seed=st.integers(0, 2 ** 32 - 1))
 def test_equivalence_op(op, backend, dtype, seed):
     """Each op, forward and backward (random upstream gradient): the reference's hand-written backward vs
-    autograd through gpu.layers (torch), or the reference itself on CuPy arrays (cupy)."""
-    make_inputs, ref, tch = OPS[op]
+    autograd through gpu.layers (torch), or the reference itself on CuPy arrays (cupy). A draw whose decision
+    margin (an MoE's top-k gap) is under the flip margin is excluded, as for halting."""
+    make_inputs, ref, tch, *margin = OPS[op]
     rng = np.random.default_rng(seed)
     H = int(rng.integers(1, 4))
     B, T = int(rng.integers(1, 4)), int(rng.integers(1, 9))
     D = H * 2 * int(rng.integers(2 if H == 1 else 1, 4))  # even head width, D >= 4 (see HEADS)
     inputs = round_to(make_inputs(rng, B, T, D, H), dtype)
+    assume(not margin or margin[0](inputs) > TOLERANCES[dtype]["flip_margin"])
     kw = dict(H=H) if op.startswith("attention") else {}
     expected, backward = ref(**inputs, **kw)
     dout = rng.normal(size=np.shape(expected)) if np.ndim(expected) else 1.0 + rng.random()
@@ -254,7 +263,12 @@ def away_from_flips(cfg, dtype, B=2, T=7):
 @pytest.mark.parametrize("backend,dtype", backend_params(dtypes=("float64", "float32")))
 def test_equivalence_edge_cases(backend, dtype, edge, halt):
     """Explicit edge configs in every halting mode: forward, aux and every gradient."""
-    cfg = R.LoopConfig(**{**EDGE_BASE, **EDGE_CASES[edge], "halt": halt})
+    fields = {**EDGE_BASE, **EDGE_CASES[edge], "halt": halt}
+    if RH.get_rule(halt).expected_exit_loss and fields.get("loop_scope") == "layer":
+        with pytest.raises(ValueError, match="one loop group"):
+            R.LoopConfig(**fields)
+        return
+    cfg = R.LoopConfig(**fields)
     check_model(backend, dtype, cfg, *away_from_flips(cfg, dtype))
 
 
@@ -292,7 +306,7 @@ def train_reference(params, batches, cfg, dtype, xp=np):
     losses, norms = [], []
     for tokens, targets in batches:
         loss, grads, _, aux = R.forward_backward(p, xp.asarray(tokens), xp.asarray(targets), cfg)
-        assume(float(aux["halt_margin"].min()) > TOLERANCES[dtype]["flip_margin"])
+        assume(aux_margin(aux) > TOLERANCES[dtype]["flip_margin"])
         norms.append(optim.clip_grad_norm(grads, CLIP))
         opt.step(grads)
         losses.append(float(loss))
@@ -328,6 +342,9 @@ def test_equivalence_adamw_losses(backend, dtype, data):
     """The losses (and clipped gradient norms, and final weights) of 10 AdamW steps: reference.optim.AdamW +
     clip_grad_norm vs torch.optim.AdamW + clip_grad_norm_ (or the reference optimizer on CuPy)."""
     cfg, params, tokens, _ = data.draw(model_cases(dtype))
+    # linear attention at T = 1 is out = v whatever q and k: their weights' gradient is exactly 0, which each backend
+    # computes as a cancellation (~1e-17) that Adam's eps-normalised step turns into ~1e-11 moves: no comparison
+    assume(not (cfg.attention == "linear" and tokens.shape[1] == 1))
     seed = data.draw(st.integers(0, 2 ** 20))
     batches = [random_batch(cfg, seed + i, *tokens.shape) for i in range(STEPS)]
     params = round_to(params, dtype)

@@ -12,12 +12,13 @@ from gradcheck import assert_grad_close
 from reference import halting, ops
 from reference.model import AUX_KEYS
 
-MODES = ["fixed", "act", "pondernet", "converge"]
+MODES = ["fixed", "act", "pondernet", "converge", "exit_gate"]
 GRAD_CASES = [
     dict(halt=h, loop_scope=s, input_injection=inj, norm=norm, rope=(norm == "rmsnorm"), tie_embeddings=(inj != "add"),
          min_loops=1 + (inj == "concat"))
     for (h, s, inj), norm in zip(itertools.product(MODES, ["stack", "layer"], ["none", "add", "concat"]),
                                  itertools.cycle(["rmsnorm", "layernorm"]))
+    if not (h == "exit_gate" and s == "layer")  # the exit gate needs one loop group (each exit is a model output)
 ]
 
 
@@ -48,6 +49,10 @@ def test_loss_and_grads_matches_loss():
 @pytest.mark.parametrize("halt", MODES)
 @pytest.mark.parametrize("scope", ["stack", "layer"])
 def test_aux_shapes_and_consistency(halt, scope):
+    if R.halting.get_rule(halt).expected_exit_loss and scope == "layer":
+        with pytest.raises(ValueError, match="one loop group"):  # each exit step is a whole model output
+            small_config(halt=halt, loop_scope=scope)
+        return
     cfg = small_config(halt=halt, loop_scope=scope, min_loops=2)
     params, (tokens, _) = random_params(cfg, 1), batch(cfg, 1, B=3, T=5)
     logits, aux = R.forward(params, tokens, cfg)
@@ -62,10 +67,7 @@ def test_aux_shapes_and_consistency(halt, scope):
     assert n.min() >= cfg.min_loops and n.max() <= K
     np.testing.assert_allclose(aux["weights"].sum(-1), 1.0, rtol=1e-12)
     # the online decision inside the loop equals the pure halting rule on the recorded signals
-    rule = {"act": lambda: halting.act(aux["halt_probs"], cfg.act_eps, cfg.min_loops),
-            "pondernet": lambda: halting.pondernet(aux["halt_probs"], cfg.act_eps, cfg.min_loops, cfg.pondernet_prior),
-            "converge": lambda: halting.converge(aux["deltas"], cfg.converge_tol, cfg.min_loops),
-            "fixed": lambda: halting.fixed(n.shape, K)}[halt]()
+    rule = halting.get_rule(halt).resolve(aux["halt_probs"], aux["deltas"], cfg)
     np.testing.assert_array_equal(rule.n_steps, n)
     # a halted token's state is frozen: it changes no more after step N
     after = np.arange(1, K + 1) > n[..., None]
@@ -88,6 +90,8 @@ def test_all_tokens_halting_early_skip_the_remaining_steps():
 def test_model_is_causal(seed, halt, scope, T, cut):
     """Logits, and every halting decision, at position t depend on tokens <= t only."""
     cut = min(cut, T - 1)
+    if R.halting.get_rule(halt).expected_exit_loss:
+        scope = "stack"  # one loop group (each exit step is a whole model output)
     cfg = small_config(halt=halt, loop_scope=scope)
     params, (tokens, _) = random_params(cfg, seed), batch(cfg, seed, B=1, T=T)
     other = tokens.copy()

@@ -4,6 +4,7 @@ import pytest
 
 from gradcheck import HALT_MARGIN, assert_grad_close
 from reference import halting, ops
+from reference.body import linear_attention, memory, moe
 
 
 def projected(forward, dout):
@@ -79,16 +80,22 @@ def test_rope_is_a_rotation(rng):
     np.testing.assert_allclose(rq[5] @ rk[3], rq[4] @ rk[2], rtol=1e-10)
 
 
+ATTENTION_OPS = {"softmax": (ops.attention_forward, ops.attention_backward),
+                 "linear": (linear_attention.linear_attention_forward, linear_attention.linear_attention_backward)}
+
+
+@pytest.mark.parametrize("body", ATTENTION_OPS)
 @pytest.mark.parametrize("use_rope", [True, False])
-def test_attention_backward(rng, use_rope):
+def test_attention_backward(rng, use_rope, body):
     B, T, D, H = 2, 5, 8, 2
+    forward, backward = ATTENTION_OPS[body]
     x = rng.standard_normal((B, T, D))
     w_qkv, w_proj = 0.5 * rng.standard_normal((3 * D, D)), 0.5 * rng.standard_normal((D, D))
     rope = ops.rope_tables(T, D // H, 10000.0, np, np.float64) if use_rope else None
-    out, cache = ops.attention_forward(x, w_qkv, w_proj, H, rope)
+    out, cache = forward(x, w_qkv, w_proj, H, rope)
     dout = rng.standard_normal(out.shape)
-    dx, dqkv, dproj = ops.attention_backward(dout, cache)
-    f = projected(lambda: ops.attention_forward(x, w_qkv, w_proj, H, rope)[0], dout)
+    dx, dqkv, dproj = backward(dout, cache)
+    f = projected(lambda: forward(x, w_qkv, w_proj, H, rope)[0], dout)
     assert_grad_close(f, x, dx, rng, label="attention dx")
     assert_grad_close(f, w_qkv, dqkv, rng, label="attention dw_qkv")
     assert_grad_close(f, w_proj, dproj, rng, label="attention dw_proj")
@@ -115,6 +122,52 @@ def test_mlp_backward(rng):
     f = projected(lambda: ops.mlp_forward(x, w_fc, w_proj)[0], dout)
     for arr, g, name in ((x, dx, "dx"), (w_fc, dfc, "dw_fc"), (w_proj, dproj, "dw_proj")):
         assert_grad_close(f, arr, g, rng, label=f"mlp {name}")
+
+
+@pytest.mark.parametrize("k,activation", [(2, "gelu"), (1, "relu"), (4, "gelu")])
+def test_moe_backward(rng, k, activation):
+    """sigma-MoE with the balance statistic's gradient dp: L = sum(y * dy) + sum(softmax(z) * dp), on a draw whose
+    top-k margin exceeds HALT_MARGIN (a finite-difference step must not change the selected experts)."""
+    E, D, Fe = 4, 6, 5
+    while True:
+        x, w_sel = rng.standard_normal((2, 3, D)), rng.standard_normal((E, D))
+        if moe.top_k(x @ w_sel.T, k)[1].min() > HALT_MARGIN:
+            break
+    w_fc, w_proj = rng.standard_normal((E, Fe, D)), rng.standard_normal((E, D, Fe))
+    if activation == "relu":  # the kink at 0: keep every hidden pre-activation a stated margin away from it
+        assert np.abs(np.einsum("btd,efd->btef", x, w_fc)).min() > 1e-3
+    y, p, _, cache = moe.moe_forward(x, w_sel, w_fc, w_proj, k, activation)
+    dy, dp = rng.standard_normal(y.shape), rng.standard_normal(p.shape)
+    grads = moe.moe_backward(dy, cache, dp)
+
+    def f():
+        y, p, _, _ = moe.moe_forward(x, w_sel, w_fc, w_proj, k, activation)
+        return float(np.sum(y * dy) + np.sum(p * dp))
+
+    for arr, g, name in zip((x, w_sel, w_fc, w_proj), grads, ("dx", "dw_sel", "dw_fc", "dw_proj")):
+        assert_grad_close(f, arr, g, rng, label=f"moe {name}")
+    p_bar = rng.dirichlet(np.ones(E), size=3)
+    assert_grad_close(lambda: float(np.sum(moe.term(p_bar))), p_bar, moe.term_backward(p_bar), rng, label="balance")
+
+
+@pytest.mark.parametrize("kind", ["rmsnorm", "layernorm"])
+def test_memory_backward(rng, kind):
+    """Gated reads of two banks: every input (h, norm_q, gate, each bank's slots, norm_k and read projection)."""
+    D = 6
+    h = rng.standard_normal((2, 3, D))
+    norm = lambda: (rng.normal(1, 0.3, D), rng.normal(0, 0.3, D) if kind == "layernorm" else None)  # noqa: E731
+    q_norm, gate = norm(), (rng.standard_normal((2, D)), rng.standard_normal(2))
+    reads = [(rng.standard_normal((S, D)), rng.standard_normal((S, D)), *norm(), rng.standard_normal((D, D)))
+             for S in (3, 5)]
+    out, cache = memory.memory_forward(h, q_norm, gate, reads, kind)
+    dout = rng.standard_normal(out.shape)
+    dh, dq_norm, dgate, dreads = memory.memory_backward(dout, cache)
+    f = projected(lambda: memory.memory_forward(h, q_norm, gate, reads, kind)[0], dout)
+    pairs = [(h, dh), *zip(q_norm, dq_norm), *zip(gate, dgate)]
+    pairs += [(a, g) for read, dread in zip(reads, dreads) for a, g in zip(read, dread)]
+    for i, (arr, g) in enumerate(pairs):
+        if arr is not None:
+            assert_grad_close(f, arr, g, rng, label=f"memory input {i}")
 
 
 def test_cross_entropy(rng):

@@ -28,7 +28,7 @@ def attention(x, w_qkv, w_proj, n_head, rope_cs=None):
     return F.linear(y.transpose(1, 2).reshape(B, T, D), w_proj)
 
 
-def _rope_at(t, rope_cs, positions):
+def rope_at(t, rope_cs, positions):
     """RoPE of t (B, H, Tq, hd) whose rows sit at positions (B, Tq)."""
     if rope_cs is None:
         return t
@@ -52,7 +52,7 @@ class SoftmaxAttention(nn.Module):
         """q, k, v (B, H, T, hd) of inputs x (B, T, D) sitting at positions (B, T), RoPE applied to q and k."""
         B, T, D = x.shape
         q, k, v = F.linear(x, self.qkv.weight).view(B, T, 3, self.n_head, D // self.n_head).permute(2, 0, 3, 1, 4)
-        return _rope_at(q, rope_cs, positions), _rope_at(k, rope_cs, positions), v
+        return rope_at(q, rope_cs, positions), rope_at(k, rope_cs, positions), v
 
     def attend(self, x_q, positions, k, v, rope_cs, key_positions=None):
         """Queries from x_q (B, Tq, D) at positions (B, Tq) against keys/values k, v (B, H, Tk, hd) at key_positions

@@ -9,6 +9,7 @@ from __future__ import annotations
 from .act import ACT, act, sequential_cumsum
 from .base import Halting, HaltUnit, relative_change
 from .converge import Converge, converge
+from .exit_gate import ExitGate, exit_gate
 from .fixed import Fixed, fixed
 from .pondernet import PonderNet, geometric_prior, pondernet, pondernet_p
 
@@ -17,6 +18,7 @@ RULES = {
     "act": ACT(),
     "pondernet": PonderNet(),
     "converge": Converge(),
+    "exit_gate": ExitGate(),
 }
 
 
@@ -29,4 +31,4 @@ def get_rule(name: str):
 
 
 __all__ = ["RULES", "get_rule", "Halting", "HaltUnit", "relative_change", "act", "sequential_cumsum", "pondernet",
-           "pondernet_p", "geometric_prior", "converge", "fixed"]
+           "pondernet_p", "geometric_prior", "converge", "fixed", "exit_gate"]

@@ -50,13 +50,17 @@ def pondernet(lam, eps=0.01, min_loops=1, prior=0.5) -> Halting:
                    kl=kl, margin=margin(survival, eps, n_steps, min_loops))
 
 
-class PonderNet(TorchRule, ReferencePonderNet):
+class SurvivalDecision:
+    """Torch twin of reference.halting.pondernet.SurvivalRule's online decision (on the detached signal)."""
+
     def start(self, like):
         return torch.ones_like(like)  # survival S_0 = 1, (B, T)
 
     def decide(self, survival, k, sig, delta, cfg):
         survival = survival * (1.0 - sig.detach())
-        return survival, (survival <= cfg.act_eps) & (k >= cfg.min_loops)
+        return survival, (survival <= self.survival_threshold(cfg)) & (k >= cfg.min_loops)
 
+
+class PonderNet(SurvivalDecision, TorchRule, ReferencePonderNet):
     def resolve(self, signals, deltas, cfg) -> Halting:
         return pondernet(signals, cfg.act_eps, cfg.min_loops, cfg.pondernet_prior)

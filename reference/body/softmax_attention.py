@@ -17,17 +17,16 @@ def param_specs(prefix: str, cfg) -> dict:
             f"{prefix}.proj.weight": normal(D, D, std=residual_std(cfg))}
 
 
-def forward(params, prefix: str, x, cfg, rope):
-    """x: (B, T, D) -> (B, T, D)."""
-    out, cache = ops.attention_forward(x, params[f"{prefix}.qkv.weight"], params[f"{prefix}.proj.weight"],
-                                       cfg.n_head, rope)
+def forward(params, prefix: str, x, cfg, rope, op=ops.attention_forward):
+    """x: (B, T, D) -> (B, T, D). op: the attention op over these weights (linear_attention.py passes its own)."""
+    out, cache = op(x, params[f"{prefix}.qkv.weight"], params[f"{prefix}.proj.weight"], cfg.n_head, rope)
     return out, (prefix, cache)
 
 
-def backward(dout, cache, grads):
+def backward(dout, cache, grads, op=ops.attention_backward):
     """Adds the weight gradients to `grads`; returns dx (B, T, D)."""
     prefix, c = cache
-    dx, dw_qkv, dw_proj = ops.attention_backward(dout, c)
+    dx, dw_qkv, dw_proj = op(dout, c)
     add_grad(grads, f"{prefix}.qkv.weight", dw_qkv)
     add_grad(grads, f"{prefix}.proj.weight", dw_proj)
     return dx

@@ -10,6 +10,7 @@ from __future__ import annotations
 from .act import ACT, act, act_backward
 from .base import NORM_FLOOR, Halting, HaltingRule, relative_change
 from .converge import Converge, converge
+from .exit_gate import ExitGate, exit_gate
 from .fixed import Fixed, fixed
 from .pondernet import PonderNet, geometric_prior, pondernet, pondernet_backward
 
@@ -18,6 +19,7 @@ RULES: dict[str, HaltingRule] = {
     "act": ACT(),
     "pondernet": PonderNet(),
     "converge": Converge(),
+    "exit_gate": ExitGate(),
 }
 
 
@@ -30,4 +32,4 @@ def get_rule(name: str) -> HaltingRule:
 
 
 __all__ = ["RULES", "get_rule", "Halting", "HaltingRule", "NORM_FLOOR", "relative_change", "act", "act_backward",
-           "pondernet", "pondernet_backward", "geometric_prior", "converge", "fixed"]
+           "pondernet", "pondernet_backward", "geometric_prior", "converge", "fixed", "exit_gate"]

@@ -81,17 +81,27 @@ def exit_distribution_backward(lam, min_loops, q, dp, dponder, dkl):
     return xp.where(before_min(xp, K, min_loops), 0.0, dlam)
 
 
-class PonderNet(HaltingRule):
-    name = "pondernet"
+class SurvivalRule(HaltingRule):
+    """A rule that halts once the survival S_k = prod_{j<=k} (1 - h_j) of its unit falls to a threshold."""
     uses_unit = True
-    threshold_field = "act_eps"
+
+    def survival_threshold(self, cfg) -> float:
+        raise NotImplementedError
 
     def start(self, like):
         return like * 0 + 1  # survival S_0 = 1, (B, T)
 
     def decide(self, survival, k, sig, delta, cfg):
         survival = survival * (1.0 - sig)
-        return survival, (survival <= cfg.act_eps) & (k >= cfg.min_loops)
+        return survival, (survival <= self.survival_threshold(cfg)) & (k >= cfg.min_loops)
+
+
+class PonderNet(SurvivalRule):
+    name = "pondernet"
+    threshold_field = "act_eps"
+
+    def survival_threshold(self, cfg):
+        return cfg.act_eps
 
     def resolve(self, signals, deltas, cfg) -> Halting:
         return pondernet(signals, cfg.act_eps, cfg.min_loops, cfg.pondernet_prior)
