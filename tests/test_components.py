@@ -74,21 +74,22 @@ def test_equivalence_executor(backend, dtype, halt, executor):
 
 
 # ----------------------------------------------------------------------------- attention over a subset
+@pytest.mark.parametrize("body", sorted(GB.ATTENTIONS))
 @settings(max_examples=25, deadline=None)
 @given(seed=st.integers(0, 2 ** 31 - 1), use_rope=st.booleans())
-def test_equivalence_attention_subset_and_kv_source(seed, use_rope):
-    """SoftmaxAttention.attend(queries at some positions, keys/values of all positions) gives exactly the rows of
-    the reference's full causal attention at those positions (float64): the hook a compacting executor and a
-    KV cache use. Positions differ per batch row, and one case is a single new token against a cache."""
+def test_equivalence_attention_subset_and_kv_source(body, seed, use_rope):
+    """Every attention body's attend(queries at some positions, keys/values of all positions) gives exactly the rows
+    of the reference body's full causal attention at those positions (float64): the hook a compacting executor and
+    a KV cache use. Positions differ per batch row, and one case is a single new token against a cache."""
     rng = np.random.default_rng(seed)
     B, T, H = int(rng.integers(1, 4)), int(rng.integers(1, 9)), int(rng.integers(1, 3))
-    cfg = R.LoopConfig(d_model=4 * H, n_head=H, block_size=8, rope=use_rope)
+    cfg = R.LoopConfig(d_model=4 * H, n_head=H, block_size=8, rope=use_rope, attention=body)
     x = rng.normal(size=(B, T, cfg.d_model))
     w_qkv, w_proj = rng.normal(0, 0.5, (3 * cfg.d_model, cfg.d_model)), rng.normal(0, 0.5, (cfg.d_model,) * 2)
     cs_ref = ops.rope_tables(T, cfg.head_dim, cfg.rope_base, np, np.float64) if use_rope else None
-    expected, _ = ops.attention_forward(x, w_qkv, w_proj, H, cs_ref)  # (B, T, D)
+    expected, _ = RB.ATTENTIONS[body].forward({"a.qkv.weight": w_qkv, "a.proj.weight": w_proj}, "a", x, cfg, cs_ref)
 
-    attn = GB.SoftmaxAttention(cfg).double()
+    attn = GB.ATTENTIONS[body](cfg).double()
     with torch.no_grad():
         attn.qkv.weight.copy_(torch.from_numpy(w_qkv))
         attn.proj.weight.copy_(torch.from_numpy(w_proj))
