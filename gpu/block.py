@@ -21,7 +21,9 @@ class Block(nn.Module):
         self.mlp = FFNS[cfg.ffn](cfg)
         self.mem = Memory(cfg, shared) if core and cfg.memory != "none" else None
 
-    def forward(self, x, rope_cs):  # (B, T, D) -> (B, T, D)
-        x = x + self.attn(self.attn_norm(x), rope_cs)
+    def forward(self, x, rope_cs, site=None):  # (B, T, D) -> (B, T, D)
+        """site: a gpu.cache.Site when decoding with a key/value cache (the new positions attend to the cached ones)."""
+        h = self.attn_norm(x)
+        x = x + (self.attn(h, rope_cs) if site is None else site.attention(self.attn, h, rope_cs))
         x = x + self.mlp(self.mlp_norm(x))
         return x if self.mem is None else x + self.mem(x)

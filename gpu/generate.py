@@ -2,26 +2,32 @@
 
     python -m gpu.generate runs/tiny --prompt "def add(a, b):" --max-new-tokens 40 --show-depth
 
-Each new token is predicted from the whole window so far (the last block_size tokens), recomputed at every step:
-the reference semantics, exact, and slow for long outputs. A KV cache is the next step (docs/architecture.md:
-attention bodies already take queries for a subset of positions against a key/value source).
+Each new token is predicted from the window so far (the last block_size tokens). With the key/value cache (the
+default, gpu/cache.py) a new token attends to the cached keys/values of the earlier positions at every attention
+site (each loop step has its own), which gives exactly the numbers of recomputing the whole window (tested);
+`--no-cache` recomputes.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import numpy as np
 import torch
 
-from .cli import run_command
+from .cache import KVCache
+from .cli import check_float, check_int, read_json, run_command
 
 
 @torch.no_grad()
 def generate(model, tokens, max_new_tokens: int, temperature: float = 0.0, top_k: int | None = None,
-             generator: torch.Generator | None = None):
+             generator: torch.Generator | None = None, use_cache: bool = True):
     """Extend `tokens` (B, T) by max_new_tokens ids. temperature 0 = greedy (argmax); otherwise sample from
     softmax(logits / temperature), restricted to the top_k most likely ids if given.
+    use_cache: decode with a key/value cache (gpu/cache.py) while the sequence fits in the context; the same
+    numbers as recomputing the window (tested), O(T) instead of O(T^2) work per token. Past block_size the window
+    slides, which the cache cannot, so from there every token recomputes the last block_size tokens.
     Returns (tokens (B, T + max_new_tokens) int64, depths (B, max_new_tokens) float: the loop steps spent on the
     position that predicted each new token, averaged over loop groups)."""
     cfg = model.cfg
@@ -38,9 +44,14 @@ def generate(model, tokens, max_new_tokens: int, temperature: float = 0.0, top_k
     was_training = model.training
     model.eval()
     depths = []
+    cache = KVCache() if use_cache and tokens.shape[1] <= cfg.block_size else None
     for _ in range(max_new_tokens):
-        window = tokens[:, -cfg.block_size:]  # (B, <= block_size)
-        logits, _, aux = model(window)
+        if cache is not None and tokens.shape[1] > cfg.block_size:
+            cache = None  # the window starts to slide: recompute from here on
+        if cache is None:
+            logits, _, aux = model(tokens[:, -cfg.block_size:])  # (B, <= block_size)
+        else:
+            logits, _, aux = model(tokens[:, cache.length:], cache=cache)  # the prompt first, then one token a call
         last = logits[:, -1].float()  # (B, V)
         depths.append(aux["n_steps"][:, -1].float().mean(dim=-1))  # (B,)
         if temperature == 0:
@@ -100,15 +111,24 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0, help="sampling seed (temperature > 0)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--show-depth", action="store_true", help="print each new token with its depth")
+    ap.add_argument("--no-cache", action="store_true", help="recompute the window for every token (slow; for checks)")
     a = ap.parse_args(argv)
+    from .train.device import resolve_device
 
     def compute():
-        model, tok = load_model(a.run, a.device)
-        gen = torch.Generator(device=a.device).manual_seed(a.seed)
+        check_int("--max-new-tokens", a.max_new_tokens, 1)
+        check_float("--temperature", a.temperature, 0)
+        check_int("--top-k", a.top_k, 1, optional=True)
+        check_int("--seed", a.seed, 0)
+        device = str(resolve_device(a.device))  # ValueError naming --device
+        if os.path.isfile(os.path.join(a.run, "config.json")):
+            read_json(os.path.join(a.run, "config.json"), "the run folder is damaged")  # names the file
+        model, tok = load_model(a.run, device)
+        gen = torch.Generator(device=device).manual_seed(a.seed)
         outs = []
         for prompt in a.prompt:
             ids = encode_prompt(tok, prompt, model.cfg)
-            out, depths = generate(model, ids, a.max_new_tokens, a.temperature, a.top_k, gen)
+            out, depths = generate(model, ids, a.max_new_tokens, a.temperature, a.top_k, gen, not a.no_cache)
             new = out[0, ids.shape[1]:].tolist()
             outs.append(_show(tok, ids[0].tolist(), new, depths[0].tolist(), a.show_depth))
         return outs

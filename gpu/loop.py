@@ -31,13 +31,14 @@ class LoopGroup(nn.Module):
         D = cfg.d_model
         self.inject = nn.Linear(2 * D, D, bias=False) if cfg.input_injection == "concat" else None
 
-    def step(self, blocks, s, e, rope_cs):
-        """r = F(inject(s, e)) - inject(s, e): the un-scaled update of one loop step. (B, T, D) -> (B, T, D)."""
+    def step(self, blocks, s, e, rope_cs, sites=None):
+        """r = F(inject(s, e)) - inject(s, e): the un-scaled update of one loop step. (B, T, D) -> (B, T, D).
+        sites: one gpu.cache.Site per block when decoding with a key/value cache."""
         mode = self.cfg.input_injection
         x = s if mode == "none" else s + e if mode == "add" else self.inject(torch.cat([s, e], dim=-1))
         y = x
-        for block in blocks:
-            y = block(y, rope_cs)
+        for i, block in enumerate(blocks):
+            y = block(y, rope_cs, None if sites is None else sites[i])
         return y - x
 
     def signal(self, s, k: int):
@@ -46,10 +47,11 @@ class LoopGroup(nn.Module):
             return torch.zeros(s.shape[:2], dtype=s.dtype, device=s.device)
         return self.halt(s)
 
-    def forward(self, blocks, e, rope_cs, loops: int | None = None):
-        """e: (B, T, D) -> (o (B, T, D), aux of (B, T[, K]) tensors). loops: max_loops for this call (None = cfg's)."""
+    def forward(self, blocks, e, rope_cs, loops: int | None = None, step_sites=None):
+        """e: (B, T, D) -> (o (B, T, D), aux of (B, T[, K]) tensors). loops: max_loops for this call (None = cfg's).
+        step_sites: step k -> one gpu.cache.Site per block, when decoding with a key/value cache."""
         K = self.cfg.max_loops if loops is None else loops
-        states, signals, deltas = self.run_steps(self, blocks, e, rope_cs, K)
+        states, signals, deltas = self.run_steps(self, blocks, e, rope_cs, K, step_sites)
         res = self.rule.resolve(signals, deltas, self.cfg)
         o = sum(res.weights[..., k, None] * s_k for k, s_k in enumerate(states))  # (B, T, D)
         aux = dict(weights=res.weights, n_steps=res.n_steps, remainder=res.remainder, ponder_cost=res.ponder_cost,

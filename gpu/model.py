@@ -53,9 +53,11 @@ class LoopedTransformer(nn.Module):
         if seed is not None:
             self.load_reference(init_params(cfg, seed, dtype="float32"))
 
-    def forward(self, tokens, targets=None, loops: int | None = None):
+    def forward(self, tokens, targets=None, loops: int | None = None, cache=None):
         """loops: run every loop group up to this many steps instead of cfg.max_loops (the same weights; equal to
-        the reference with cfg.replace(max_loops=loops)). Training with --random-loops draws it per step."""
+        the reference with cfg.replace(max_loops=loops)). Training with --random-loops draws it per step.
+        cache: a gpu.cache.KVCache holding the keys/values of the positions before `tokens` (decoding): the tokens
+        sit at positions cache.length.., attend to the cached ones, and are added to the cache."""
         cfg = self.cfg
         if loops is not None and loops < cfg.min_loops:
             raise ValueError(f"loops={loops} is below min_loops={cfg.min_loops}; pass loops >= min_loops")
@@ -65,19 +67,28 @@ class LoopedTransformer(nn.Module):
             check_tokens(tokens, cfg)
             if targets is not None:
                 check_targets(targets, tokens, cfg)
-        T = tokens.shape[1]
-        rope_cs = rope_tables(T, cfg.head_dim, cfg.rope_base, tokens.device) if cfg.rope else None
+        B, T = tokens.shape
+        start = 0 if cache is None else cache.length
+        if start + T > cfg.block_size:
+            raise ValueError(f"{start} cached + {T} new positions exceed block_size={cfg.block_size}: the cache does "
+                             f"not slide; start a new cache on the last block_size tokens")
+        rope_cs = rope_tables(start + T, cfg.head_dim, cfg.rope_base, tokens.device) if cfg.rope else None
+        site = _sites(cache, start, B, T, tokens.device)
         body_terms.start(self)  # bodies with a loss term (MoE) record their calls of this pass
         x = self.embed(tokens)  # (B, T, D)
         if self.pos is not None:
-            x = x + self.pos.weight[:T]
-        for block in self.prelude:
-            x = block(x, rope_cs)
+            x = x + self.pos.weight[start:start + T]
+        for i, block in enumerate(self.prelude):
+            x = block(x, rope_cs, site(f"prelude.{i}"))
         group_aux = []
         for g, group in enumerate(self.loop):
-            x, aux_g = group([self.core[i] for i in cfg.group_blocks(g)], x, rope_cs, loops)
+            idx = cfg.group_blocks(g)
+            step_sites = None if cache is None else (lambda k, idx=idx: [site(f"core.{i}.step{k}") for i in idx])
+            x, aux_g = group([self.core[i] for i in idx], x, rope_cs, loops, step_sites)
             group_aux.append(aux_g)
-        logits = self.head(x, rope_cs)
+        logits = self.head(x, rope_cs, site)
+        if cache is not None:
+            cache.length = start + T
         aux = {key: torch.stack([a[key] for a in group_aux], dim=2) for key in GROUP_AUX_KEYS}
         terms, aux["route_margin"] = body_terms.finish(self, aux["n_steps"], loops or cfg.max_loops)
         if targets is None:
@@ -88,10 +99,10 @@ class LoopedTransformer(nn.Module):
             ce = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-1)
         return logits, self.loss(ce, aux) + sum(terms.values()), aux
 
-    def head(self, x, rope_cs):
+    def head(self, x, rope_cs, site=lambda name: None):
         """coda blocks -> final norm -> logits (reference/head.py): (B, T, D) -> (B, T, V)."""
-        for block in self.coda:
-            x = block(x, rope_cs)
+        for i, block in enumerate(self.coda):
+            x = block(x, rope_cs, site(f"coda.{i}"))
         return F.linear(self.norm_f(x), self.embed.weight if self.lm_head is None else self.lm_head.weight)
 
     def expected_exit_ce(self, states, exit_probs, targets, rope_cs):
@@ -143,6 +154,14 @@ def load(path, cfg: LoopConfig | None = None, device=None, dtype=None) -> Looped
     """Read a safetensors file written by either backend; with cfg given the file must match it."""
     params, cfg = load_params(path, cfg)
     return from_reference(params, cfg, device=device, dtype=dtype)
+
+
+def _sites(cache, start, B, T, device):
+    """name -> the cache's Site for the positions start..start+T-1 of this call (None without a cache)."""
+    if cache is None:
+        return lambda name: None
+    positions = (start + torch.arange(T, device=device)).expand(B, T)
+    return lambda name: cache.site(name, positions)
 
 
 def _as_tensor(x, device):

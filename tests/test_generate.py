@@ -68,3 +68,43 @@ def test_cli_names_bad_prompts(argv, message, capsys):
 def test_cli_names_a_missing_run(tmp_path, capsys):
     assert main([str(tmp_path / "nope"), "--prompt", "x"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+CACHE_CASES = {"act": dict(halt="act"), "pondernet-2-blocks": dict(halt="pondernet", n_layer=2, act_eps=0.3),
+               "converge-linear-attention": dict(halt="converge", attention="linear"),
+               "exit-gate-moe-memory": dict(halt="exit_gate", ffn="moe", memory="both"),
+               "fixed-no-rope-layer-scope": dict(halt="fixed", rope=False, n_layer=2, loop_scope="layer")}
+
+
+@pytest.mark.parametrize("case", CACHE_CASES)
+def test_equivalence_kv_cache_decoding_equals_the_full_forward(case):
+    """Feeding a sequence in pieces through a KV cache gives the full forward's logits and N(t) (float64), also for
+    two-block loop groups, where a halted token's later keys/values change (the cache keeps every step's)."""
+    from gpu.cache import KVCache
+    cfg = R.LoopConfig(vocab_size=17, block_size=12, d_model=8, n_head=2, init_std=0.3, max_loops=3,
+                       halt_bias_init=-0.5, **CACHE_CASES[case])
+    model = from_reference(R.init_params(cfg, 1, "float64"), cfg)
+    tokens = torch.from_numpy(np.random.default_rng(0).integers(0, 17, (2, 10)))
+    full, _, aux = model(tokens)
+    cache, logits, depth = KVCache(), [], []
+    for piece in (tokens[:, :4], *tokens[:, 4:].split(1, dim=1)):
+        out, _, a = model(piece, cache=cache)
+        logits.append(out)
+        depth.append(a["n_steps"])
+    torch.testing.assert_close(torch.cat(logits, 1), full, rtol=1e-12, atol=1e-12)
+    assert torch.equal(torch.cat(depth, 1), aux["n_steps"])
+    assert len(np.unique(aux["n_steps"].numpy())) > 1 or cfg.halt == "fixed", "depth should vary in this case"
+    with pytest.raises(ValueError, match="exceed block_size"):
+        model(tokens[:, :3], cache=cache)
+
+
+@pytest.mark.parametrize("halt", ["act", "exit_gate"])
+def test_generate_with_the_cache_equals_recomputing(halt):
+    """Greedy tokens and depths are the same with and without the cache, past block_size too (the cache then
+    gives way to the sliding window)."""
+    cfg = R.LoopConfig(vocab_size=17, block_size=8, d_model=8, n_head=2, halt=halt, init_std=0.3, max_loops=3)
+    model = from_reference(R.init_params(cfg, seed=2, dtype="float64"), cfg)
+    prompt = np.random.default_rng(1).integers(0, 17, (3, 3))
+    cached, d_cached = generate(model, prompt, 9, use_cache=True)
+    fresh, d_fresh = generate(model, prompt, 9, use_cache=False)
+    assert torch.equal(cached, fresh) and torch.equal(d_cached, d_fresh)

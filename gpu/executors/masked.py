@@ -13,11 +13,13 @@ import torch
 from ..halting import relative_change
 
 
-def run_masked(group, blocks, e, rope_cs, K: int):
+def run_masked(group, blocks, e, rope_cs, K: int, step_sites=None):
     """Run loop group `group` (gpu/loop.py LoopGroup) on its input e (B, T, D) for up to K steps.
+    step_sites: k -> one gpu.cache.Site per block when decoding with a key/value cache; then every step runs (a
+    halted token still supplies its keys/values to later tokens at the later steps).
     Returns (states: K tensors (B, T, D), signals (B, T, K), deltas (B, T, K))."""
     cfg, rule = group.cfg, group.rule
-    early_exit = rule.adaptive and not torch.compiler.is_compiling()
+    early_exit = rule.adaptive and step_sites is None and not torch.compiler.is_compiling()
     B, T, _ = e.shape
     s = e
     running = torch.ones(B, T, dtype=torch.bool, device=e.device)
@@ -29,7 +31,8 @@ def run_masked(group, blocks, e, rope_cs, K: int):
             s_new = s  # every token has halted: the remaining steps are no-ops
         else:
             mask = running[..., None].to(e.dtype)  # (B, T, 1)
-            s_new = s + mask * group.step_scale * group.step(blocks, s, e, rope_cs)
+            sites = None if step_sites is None else step_sites(k)
+            s_new = s + mask * group.step_scale * group.step(blocks, s, e, rope_cs, sites)
         if k <= constant_steps:
             s_new = s_new.detach()  # s_1 .. s_{K-b} are constants for the gradient; e still reaches the last b steps
         delta = relative_change(s_new, s)  # (B, T)
