@@ -3,6 +3,7 @@ block with memory + memory(.), with the bodies the config names (gpu/body/). Mod
 parameter names: attn_norm, attn, mlp_norm, mlp, mem."""
 from __future__ import annotations
 
+import torch
 import torch.nn as nn
 
 from .body import ATTENTIONS, FFNS, Memory
@@ -27,3 +28,19 @@ class Block(nn.Module):
         x = x + (self.attn(h, rope_cs) if site is None else site.attention(self.attn, h, rope_cs))
         x = x + self.mlp(self.mlp_norm(x))
         return x if self.mem is None else x + self.mem(x)
+
+    def forward_rows(self, x, rope_cs, rows):
+        """The block's output at the positions `rows` (B, R) only, for a compacting executor: keys and values from
+        every position (the others still supply them), queries, attention output, FFN and memory for those rows
+        alone. x: (B, T, D) -> (B, R, D), equal to forward(x)[b, rows[b]]."""
+        B, T, _ = x.shape
+        h = self.attn_norm(x)
+        _, k, v = self.attn.project(h, torch.arange(T, device=x.device).expand(B, T), rope_cs)
+        x_r = gather_rows(x, rows) + self.attn.attend(gather_rows(h, rows), rows, k, v, rope_cs)
+        x_r = x_r + self.mlp(self.mlp_norm(x_r))
+        return x_r if self.mem is None else x_r + self.mem(x_r)
+
+
+def gather_rows(t, rows):
+    """t[b, rows[b]]: (B, T, D), (B, R) -> (B, R, D)."""
+    return torch.gather(t, 1, rows[..., None].expand(-1, -1, t.shape[-1]))

@@ -34,12 +34,16 @@ class LoopGroup(nn.Module):
     def step(self, blocks, s, e, rope_cs, sites=None):
         """r = F(inject(s, e)) - inject(s, e): the un-scaled update of one loop step. (B, T, D) -> (B, T, D).
         sites: one gpu.cache.Site per block when decoding with a key/value cache."""
-        mode = self.cfg.input_injection
-        x = s if mode == "none" else s + e if mode == "add" else self.inject(torch.cat([s, e], dim=-1))
+        x = self.inject_input(s, e)
         y = x
         for i, block in enumerate(blocks):
             y = block(y, rope_cs, None if sites is None else sites[i])
         return y - x
+
+    def inject_input(self, s, e):
+        """x = inject(s, e): none: s; add: s + e; concat: W_inj [s; e] (Huginn). (B, T, D) -> (B, T, D)."""
+        mode = self.cfg.input_injection
+        return s if mode == "none" else s + e if mode == "add" else self.inject(torch.cat([s, e], dim=-1))
 
     def signal(self, s, k: int):
         """The halting signal h_k (B, T) of state s after step k: the unit's, from step min_loops on; else 0."""

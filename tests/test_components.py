@@ -68,8 +68,11 @@ def test_parameters_are_declared_with_their_init(halt):
 @pytest.mark.parametrize("backend,dtype", [p for p in backend_params(dtypes=("float64", "float32"))
                                            if "cupy" not in str(p.values)])
 def test_equivalence_executor(backend, dtype, halt, executor):
-    """Every executor computes the reference's loop: values, N(t), aux and every gradient."""
-    cfg = R.LoopConfig(**{**EDGE_BASE, "halt": halt, "act_eps": 0.3 if halt == "pondernet" else 0.01})
+    """Every executor computes the reference's loop: values, N(t), aux and every gradient (one-block loop groups,
+    which every executor supports: layer scope)."""
+    cfg = R.LoopConfig(**{**EDGE_BASE, "halt": halt, "act_eps": 0.3 if halt == "pondernet" else 0.01,
+                          "loop_scope": "layer" if not RH.get_rule(halt).expected_exit_loss else "stack",
+                          "n_layer": 2 if not RH.get_rule(halt).expected_exit_loss else 1})
     check_model(backend, dtype, cfg, *away_from_flips(cfg, dtype, B=3, T=8), executor=executor)
 
 
@@ -180,3 +183,12 @@ def test_equivalence_a_new_rule_is_one_class_per_backend_and_a_registry_line(bac
     aux = check_model(backend, dtype, cfg, *away_from_flips(cfg, dtype, B=3, T=8))
     assert len(np.unique(aux["n_steps"])) >= 2, "the new rule's depth should vary in this case"
     assert "loop.0.halt.weight" in R.init_params(cfg), "uses_unit gives the rule its halting unit's parameters"
+
+
+@pytest.mark.parametrize("overrides, message", [(dict(n_layer=2, loop_scope="stack"), "loop groups of one block"),
+                                                 (dict(ffn="moe"), "does not support ffn='moe'")])
+def test_compact_executor_refuses_what_it_cannot_do_exactly(overrides, message):
+    cfg = R.LoopConfig(**{**EDGE_BASE, "n_layer": 1, **overrides})
+    model = from_reference(R.init_params(cfg, dtype="float64"), cfg, executor="compact")
+    with pytest.raises(ValueError, match=message):
+        model(np.zeros((1, 4), dtype=np.int64))
