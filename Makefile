@@ -2,7 +2,7 @@
 PYTHON ?= python3
 PIP = $(PYTHON) -m pip
 
-.PHONY: install train test equivalence docs serve clean
+.PHONY: install train test equivalence docs serve clean gpu-deps gpu-check
 
 # CPU-first: a machine without torch gets the pinned CPU build (torch==2.13.0); a machine that already has
 # torch (for instance a CUDA build installed as the README says) keeps it.
@@ -27,3 +27,13 @@ serve: install
 
 clean:
 	rm -rf site .pytest_cache .hypothesis build *.egg-info
+
+# For a lent GPU machine, which installs nothing: the pure-Python (and abi3) dependencies it may lack, into an
+# ignored folder the device tool carries (`carry: [".gpu-deps"]`); gpu.gpu_check appends it to sys.path.
+gpu-deps:
+	$(PIP) install --quiet --no-deps --target .gpu-deps tyro docstring-parser typeguard typing-extensions rich \
+		markdown-it-py mdurl pygments shtab tqdm safetensors
+
+# On the GPU machine: `make gpu-check` (CUDA/CuPy equivalence legs, bf16 calibration, tokens/s + MFU, compaction).
+gpu-check:
+	$(PYTHON) -m gpu.gpu_check

@@ -20,15 +20,18 @@ import reference as R
 from reference.accounting import block_flops, flops_per_token
 
 
-def _median_time(fns: dict, repeats: int) -> dict:
+def _median_time(fns: dict, repeats: int, device=None) -> dict:
     """name -> median seconds of fn(), the functions called in turn (interleaved) `repeats` times after a warm-up."""
+    sync = torch.cuda.synchronize if device is not None and torch.device(device).type == "cuda" else (lambda: None)
     for fn in fns.values():
         fn()
     times = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
+            sync()
             t0 = time.perf_counter()
             fn()
+            sync()
             times[name].append(time.perf_counter() - t0)
     return {name: statistics.median(ts) for name, ts in times.items()}
 
@@ -42,7 +45,8 @@ def _train_step(model, tokens):
     return step
 
 
-def compaction(d_model=256, seq_len=256, batch=4, max_loops=4, halt_bias_init=0.0, repeats=5, seed=0) -> dict:
+def compaction(d_model=256, seq_len=256, batch=4, max_loops=4, halt_bias_init=0.0, repeats=5, seed=0,
+               device="cpu") -> dict:
     """Training step, compact vs masked executor, one-block loop groups (layer scope). Returns the times, the
     realized mean depth, the share of the whole step's FLOPs that halted tokens skip, and realized / skipped."""
     from .model import from_reference
@@ -50,10 +54,10 @@ def compaction(d_model=256, seq_len=256, batch=4, max_loops=4, halt_bias_init=0.
                        n_prelude=1, n_layer=1, n_coda=1, max_loops=max_loops, halt="act", loop_scope="layer",
                        halt_bias_init=halt_bias_init, step_scale_init=0.5, init_std=0.05)
     params = R.init_params(cfg, seed)
-    tokens = torch.from_numpy(np.random.default_rng(seed).integers(0, cfg.vocab_size, (batch, seq_len)))
-    models = {ex: from_reference(params, cfg, executor=ex) for ex in ("masked", "compact")}
+    tokens = torch.from_numpy(np.random.default_rng(seed).integers(0, cfg.vocab_size, (batch, seq_len))).to(device)
+    models = {ex: from_reference(params, cfg, device=device, executor=ex) for ex in ("masked", "compact")}
     depth = float(_train_step(models["masked"], tokens)()["n_steps"].float().mean())
-    t = _median_time({ex: _train_step(m, tokens) for ex, m in models.items()}, repeats)
+    t = _median_time({ex: _train_step(m, tokens) for ex, m in models.items()}, repeats, device)
     full = flops_per_token(cfg, seq_len=seq_len)
     skipped = (cfg.max_loops - depth) * cfg.n_layer * 3 * block_flops(cfg, seq_len) / full  # share of the step
     saving = 1 - t["compact"] / t["masked"]

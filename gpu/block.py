@@ -16,9 +16,9 @@ class Block(nn.Module):
 
     def __init__(self, cfg, core: bool = False, shared=None):
         super().__init__()
-        self.attn_norm = Norm(cfg.d_model, cfg.norm)
+        self.attn_norm = Norm(cfg.d_model, cfg.norm, cfg.norm_eps)
         self.attn = ATTENTIONS[cfg.attention](cfg)
-        self.mlp_norm = Norm(cfg.d_model, cfg.norm)
+        self.mlp_norm = Norm(cfg.d_model, cfg.norm, cfg.norm_eps)
         self.mlp = FFNS[cfg.ffn](cfg)
         self.mem = Memory(cfg, shared) if core and cfg.memory != "none" else None
 
@@ -29,16 +29,20 @@ class Block(nn.Module):
         x = x + self.mlp(self.mlp_norm(x))
         return x if self.mem is None else x + self.mem(x)
 
-    def forward_rows(self, x, rope_cs, rows):
+    def forward_rows(self, x, rope_cs, rows, valid):
         """The block's output at the positions `rows` (B, R) only, for a compacting executor: keys and values from
-        every position (the others still supply them), queries, attention output, FFN and memory for those rows
-        alone. x: (B, T, D) -> (B, R, D), equal to forward(x)[b, rows[b]]."""
+        every position (the others still supply them), queries and attention output for those rows (padded per
+        batch row to R), FFN and memory for the valid ones alone, packed across the batch. x: (B, T, D), valid:
+        (B, R) -> (B, R, D), equal to forward(x)[b, rows[b]] where valid (0 elsewhere)."""
         B, T, _ = x.shape
         h = self.attn_norm(x)
         _, k, v = self.attn.project(h, torch.arange(T, device=x.device).expand(B, T), rope_cs)
-        x_r = gather_rows(x, rows) + self.attn.attend(gather_rows(h, rows), rows, k, v, rope_cs)
-        x_r = x_r + self.mlp(self.mlp_norm(x_r))
-        return x_r if self.mem is None else x_r + self.mem(x_r)
+        x_r = gather_rows(x, rows) + self.attn.attend(gather_rows(h, rows), rows, k, v, rope_cs)  # (B, R, D)
+        packed = x_r[valid][None]  # (1, N_running, D)
+        packed = packed + self.mlp(self.mlp_norm(packed))
+        if self.mem is not None:
+            packed = packed + self.mem(packed)
+        return torch.zeros_like(x_r).index_put((valid,), packed[0])
 
 
 def gather_rows(t, rows):

@@ -1,8 +1,9 @@
 """The compacting executor: at each loop step only the tokens still running are computed.
 
-Per batch row the running positions are gathered (running ones first, padded to the longest row), their queries,
-attention output, FFN and memory computed, and the update scattered back; halted tokens keep their state and
-still supply keys and values (from their frozen state, as in the masked executor). The numbers are the masked
+Per batch row the running positions are gathered (running ones first, padded to the longest row) for their queries
+and attention output, packed across the batch for the FFN and memory, and the update is scattered back; a step
+where every token runs takes the plain path. Halted tokens keep their state and still supply keys and values (from
+their frozen state, as in the masked executor). The numbers are the masked
 executor's (tested: values, N(t), every gradient), the work on a halted token shrinks to its key/value projection.
 
 Exact for loop groups of one block. In a group of several blocks a halted token's keys and values at the second
@@ -53,11 +54,13 @@ def run_compact(group, blocks, e, rope_cs, K: int, step_sites=None):
     for k in range(1, K + 1):
         if not bool(running.any()):
             s_new = s
+        elif bool(running.all()):  # nothing to skip: the plain step (the masked executor's numbers, no gathering)
+            s_new = s + group.step_scale * group.step(blocks, s, e, rope_cs)
         else:
             rows, valid = running_rows(running)
             x = group.inject_input(s, e)  # (B, T, D): every token's block input (halted ones supply keys/values)
-            r_rows = blocks[0].forward_rows(x, rope_cs, rows) - gather_rows(x, rows)  # (B, R, D)
-            r_rows = r_rows * valid[..., None].to(r_rows.dtype)
+            y_rows = blocks[0].forward_rows(x, rope_cs, rows, valid)  # (B, R, D), 0 at padding
+            r_rows = (y_rows - gather_rows(x, rows)) * valid[..., None].to(x.dtype)
             update = torch.zeros_like(s).scatter(1, rows[..., None].expand(-1, -1, D), r_rows)
             s_new = s + group.step_scale * update
         if k <= constant_steps:
