@@ -18,7 +18,7 @@ from reference.accounting import flops_per_token, param_counts, peak_flops
 from reference.config import PRESETS, get_preset
 from reference.optim import AdamW
 
-from .cli import run_command
+from .cli import check_float, check_int, run_command
 from .model import from_reference
 from .train.device import resolve_device
 
@@ -69,14 +69,13 @@ def time_reference_steps(cfg, x, y, steps):
 
 
 def check_args(args) -> None:
-    """ValueError naming the flag for a count the benchmark cannot run with."""
+    """ValueError naming the flag for a value the benchmark cannot run with."""
     for flag, value, least in (("--steps", args.steps, 1), ("--warmup", args.warmup, 0),
                                ("--batch-size", args.batch_size, 1), ("--seq-len", args.seq_len, 0),
                                ("--ref-steps", args.ref_steps, 1)):
-        if value < least:
-            raise ValueError(f"{flag}={value}: expected an int >= {least}")
-    if args.max_loops is not None and args.max_loops < 1:
-        raise ValueError(f"--max-loops={args.max_loops}: expected an int >= 1")
+        check_int(flag, value, least)
+    check_int("--max-loops", args.max_loops, 1, optional=True)
+    check_float("--peak-flops", args.peak_flops, 0, open_low=True, optional=True)
 
 
 def bench_train(args):

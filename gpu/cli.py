@@ -62,7 +62,8 @@ def run_command(compute, report=None) -> int:
         if code is None:
             raise
         sys.stdout.flush()
-        print(error_message(err), file=sys.stderr, flush=True)
+        if not getattr(err, "quiet", False):  # e.g. a torchrun rank other than 0, whose rank 0 says it
+            print(error_message(err), file=sys.stderr, flush=True)
         return code
     if report is not None:
         report(result)

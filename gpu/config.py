@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import math
 import re
 import sys
 import typing
@@ -54,19 +55,38 @@ class TrainConfig:
     ignore_topics: str = ""         # comma list of topic names whose targets the loss skips (tasks: "prompt")
     fsdp: bool = False              # with torchrun: shard parameters with FSDP instead of DDP
     tensorboard: bool = False       # also write TensorBoard scalars (needs the tensorboard package)
-    resume: bool = False            # continue the run in `out` from its last checkpoint
-    progress: bool = True           # tqdm progress bar
+    resume: bool = False            # continue the run in `out` (its saved settings) from its newest intact checkpoint
+    resume_from: int = 0            # resume from the checkpoint of this step (implies --resume); 0 = the newest intact
+    overwrite: bool = False         # replace the run in `out`: its files are removed before the new run starts
+    progress: bool = True           # progress: a tqdm bar on a terminal, else a plain line every log_every steps
 
     def __post_init__(self):
         _check_types(self, "TrainConfig")
         for name in ("batch_size", "grad_accum", "max_steps", "eval_every", "eval_batches", "log_every",
                      "ckpt_every", "keep_last", "collapse_patience"):
             _check(self, name, getattr(self, name) >= 1, "an int >= 1")
-        for name in ("seq_len", "warmup", "threads"):
+        for name in ("seq_len", "warmup", "threads", "seed", "resume_from"):
             _check(self, name, getattr(self, name) >= 0, "an int >= 0")
+        for name in ("lr", "min_lr_ratio", "weight_decay", "beta1", "beta2", "grad_clip"):
+            _check(self, name, math.isfinite(getattr(self, name)), "a finite number (not nan or inf)")
+        _check(self, "lr", self.lr > 0, "a number > 0")
+        _check(self, "min_lr_ratio", 0 <= self.min_lr_ratio <= 1, "a number in [0, 1]")
+        for name in ("beta1", "beta2"):
+            _check(self, name, 0 <= getattr(self, name) < 1, "a number in [0, 1)")
+        for name in ("weight_decay", "grad_clip"):
+            _check(self, name, getattr(self, name) >= 0, "a number >= 0 (0 = off)")
         _check(self, "dtype", self.dtype in ("float32", "bfloat16", "float64"), "float32, bfloat16 or float64")
+        _check(self, "device", re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device) is not None,
+               "auto, cpu, cuda or cuda:N")
+        for name in ("out", "data"):
+            _check(self, name, getattr(self, name).strip() != "", "a folder name")
         if self.preset not in PRESETS:
             raise ValueError(f"unknown preset {self.preset!r}; choose one of {sorted(PRESETS)}")
+        if self.resume_from and not self.resume:
+            object.__setattr__(self, "resume", True)  # --resume-from=N says --resume
+        if self.resume and self.overwrite:
+            raise ValueError("--resume and --overwrite contradict each other: --resume continues the run in --out, "
+                             "--overwrite replaces it; pass one")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -74,7 +94,8 @@ class TrainConfig:
 
 # Fields that may differ when resuming: they change how a run is watched, not what it computes.
 RESUMABLE_CHANGES = {"out", "device", "compile", "threads", "max_steps", "eval_every", "log_every", "ckpt_every", "keep_last",
-                     "collapse_patience", "tensorboard", "resume", "progress", "eval_batches"}
+                     "collapse_patience", "tensorboard", "resume", "resume_from", "overwrite", "progress",
+                     "eval_batches"}
 
 
 def _check(obj, name: str, ok: bool, accepted: str) -> None:
@@ -188,6 +209,13 @@ def _flag_names(message: str) -> str:
 def parse_args(argv=None) -> tuple[TrainConfig, LoopConfig, set[str]]:
     """(train config, model config, names of the model fields set on the command line). `--help` prints the help
     and exits 0; a bad option or value prints one line `error: ...` naming the flag and exits 2."""
+    tc, mc, model_fields, _ = parse_command(argv)
+    return tc, mc, model_fields
+
+
+def parse_command(argv=None) -> tuple[TrainConfig, LoopConfig, set[str], set[str]]:
+    """parse_args, and also the names of the training fields set on the command line (--resume adopts the run's
+    saved settings for the others)."""
     import tyro
     argv = list(sys.argv[1:] if argv is None else argv)
     types = _field_types()
@@ -208,4 +236,5 @@ def parse_args(argv=None) -> tuple[TrainConfig, LoopConfig, set[str]]:
         mc = LoopConfig(**{f.name: getattr(parsed.model, f.name) for f in dataclasses.fields(LoopConfig)})
     except ValueError as err:
         _usage_error(_flag_names(str(err)))
-    return tc, mc, given & {f.name for f in dataclasses.fields(LoopConfig)}
+    return (tc, mc, given & {f.name for f in dataclasses.fields(LoopConfig)},
+            given & {f.name for f in dataclasses.fields(TrainConfig)})

@@ -40,24 +40,25 @@ def models(d_model=64, n_head=4, block_size=64, n_prelude=1, n_layer=1, n_coda=1
 
 def _finished(run_dir, tc_dict, mc_dict) -> dict | None:
     """The last eval record of a finished run with exactly these configs, else None."""
+    from .cli import read_json
     path = os.path.join(run_dir, "config.json")
     if not os.path.isfile(path):
         return None
-    with open(path) as f:
-        saved = json.load(f)
-    evals = []
-    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-        evals = [r for r in map(json.loads, f) if r["type"] == "eval"]
-    same = saved["model"] == mc_dict and {k: v for k, v in saved["train"].items() if k != "progress"} == \
-        {k: v for k, v in tc_dict.items() if k != "progress"}
+    saved = read_json(path, "choose another --out")
+    evals = eval_curve(run_dir) if os.path.isfile(os.path.join(run_dir, "metrics.jsonl")) else []
+    watch = {"progress", "resume", "resume_from", "overwrite"}  # how it was run, not what it computes
+    same = saved.get("model") == mc_dict and {k: v for k, v in saved.get("train", {}).items() if k not in watch} == \
+        {k: v for k, v in tc_dict.items() if k not in watch}
     if not same:
         raise ValueError(f"{run_dir!r} holds a run with other settings: choose another --out")
     return evals[-1] if evals and evals[-1]["step"] == tc_dict["max_steps"] else None
 
 
 def eval_curve(run_dir) -> list[dict]:
-    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-        return [r for r in map(json.loads, f) if r["type"] == "eval"]
+    """The eval records of a run's metrics.jsonl (a torn last line, from a killed run, is skipped)."""
+    from .train.metrics import split_records
+    lines, _ = split_records(os.path.join(run_dir, "metrics.jsonl"), 2 ** 62)
+    return [r for r in map(json.loads, lines) if r.get("type") == "eval"]
 
 
 def iso_flop(out: str, looped_steps: int = 1500, batch_size: int = 16, lr: float = 3e-3, data: str = "bundled",
@@ -85,7 +86,8 @@ def iso_flop(out: str, looped_steps: int = 1500, batch_size: int = 16, lr: float
             if ev is None:
                 print(f"iso-flop: training {name} (seed {seed}): {steps} steps x {tokens_per_step} tokens x "
                       f"{f / 1e6:.2f} MFLOP/token", flush=True)
-                ev = run(tc, mc)
+                started = os.path.isfile(os.path.join(tc.out, "config.json"))  # interrupted earlier: continue it
+                ev = run(TrainConfig(**{**tc.to_dict(), "resume": started}), mc)
             pc = param_counts(mc)
             rows.append(dict(model=name, seed=seed, blocks=mc.n_prelude + mc.n_layer + mc.n_coda,
                              effective_depth=mc.n_prelude + mc.n_layer * mc.max_loops + mc.n_coda,
@@ -123,6 +125,18 @@ def iso_flop(out: str, looped_steps: int = 1500, batch_size: int = 16, lr: float
     return dict(rows=rows, summary=summary, md=md, paths=paths)
 
 
+def check_args(a, seeds: tuple) -> None:
+    """ValueError naming the flag for a value iso-flop cannot run with."""
+    from .cli import check_float, check_int, check_option
+    check_option("--seeds", a.seeds, bool(seeds) and min(seeds) >= 0, "a comma list of integers >= 0, e.g. 0,1,2")
+    for flag in ("--looped-steps", "--batch-size", "--eval-points", "--d-model", "--n-head", "--block-size",
+                 "--n-layer", "--loops"):
+        check_int(flag, getattr(a, flag[2:].replace("-", "_")), 1)
+    for flag in ("--n-prelude", "--n-coda"):
+        check_int(flag, getattr(a, flag[2:].replace("-", "_")), 0)
+    check_float("--lr", a.lr, 0, open_low=True)
+
+
 def main(argv=None) -> int:
     from .cli import command_parser, print_result
     ap, sub = command_parser("python -m gpu.experiments", __doc__)
@@ -143,8 +157,9 @@ def main(argv=None) -> int:
     try:
         seeds = tuple(int(s) for s in a.seeds.split(",") if s.strip())
     except ValueError:
-        ap.error(f"--seeds={a.seeds!r}: expected a comma list of integers, e.g. 0,1,2")
-    return print_result(lambda: iso_flop(a.out, a.looped_steps, a.batch_size, a.lr, a.data, seeds, a.eval_points,
+        seeds = ()
+    checks = lambda: check_args(a, seeds)  # noqa: E731
+    return print_result(lambda: checks() or iso_flop(a.out, a.looped_steps, a.batch_size, a.lr, a.data, seeds, a.eval_points,
                                          not a.no_progress, d_model=a.d_model, n_head=a.n_head,
                                          block_size=a.block_size, n_prelude=a.n_prelude, n_layer=a.n_layer,
                                          n_coda=a.n_coda, loops=a.loops, halt=a.halt))

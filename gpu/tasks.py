@@ -37,7 +37,7 @@ import numpy as np
 
 from reference.files import atomic_folder
 
-from .cli import run_command
+from .cli import check_int, run_command
 
 EOT, UNK = "<|endoftext|>", "<unk>"
 CHARS = list("0123456789+=:|?abcdefghijklmnopqrstuvwxyz")  # one token each; ids 2.. (0 = EOT, 1 = UNK)
@@ -199,14 +199,17 @@ def measure_path(data_dir, split: str, name: str) -> str:
 
 
 def write_task(task: str, out: str, n_train: int = 50000, n_val: int = 2000, seed: int = 0,
-               min_size: int | None = None, max_size: int | None = None, **kw) -> dict:
+               min_size: int | None = None, max_size: int | None = None, overwrite: bool = False, **kw) -> dict:
     """Write a data folder for `task` (see the module docstring), atomically: built in a temporary folder beside
-    `out`, then renamed over it (an existing data folder is replaced; any other existing path is a ValueError).
-    Returns the manifest."""
-    from .data.shards import TOPIC_DTYPE, TOKEN_DTYPE, topic_path, token_path, write_bin, write_json
+    `out`, then renamed into place. An existing data folder is replaced only with overwrite=True (--overwrite); any
+    other non-empty path, and the bundled corpus, are a ValueError before anything is written. Returns the
+    manifest."""
+    from .data.shards import (TOPIC_DTYPE, TOKEN_DTYPE, output_folder_exists, topic_path, token_path, write_bin,
+                              write_json)
     if n_train < 1 or n_val < 1:
         raise ValueError(f"n_train={n_train}, n_val={n_val}: both must be >= 1")
     spec = TASKS.get(task) or problems(task, 0, 0)  # problems() raises the unknown-task error
+    replace = output_folder_exists(out, overwrite)
     kw = {k: v for k, v in kw.items() if v is not None}
     if task == "addition":
         kw.setdefault("width", max_size if max_size is not None else spec["defaults"]["max_size"])
@@ -214,10 +217,7 @@ def write_task(task: str, out: str, n_train: int = 50000, n_val: int = 2000, see
               for s, n in (("train", n_train), ("val", n_val))}
     max_value = max(v for probs in splits.values() for p in probs for v in p[2][spec["label"]])
     names = label_names(task, max_value)
-    is_data = os.path.isfile(os.path.join(out, "manifest.json"))
-    if os.path.exists(out) and not is_data:
-        raise ValueError(f"{out!r} exists and is not a data folder: choose another --out")
-    with atomic_folder(out, overwrite=is_data) as tmp:  # an older data folder is replaced
+    with atomic_folder(out, overwrite=replace) as tmp:
         counts = {}
         for split, probs in splits.items():
             toks, labs, meas = encode_problems(probs, task, names)
@@ -308,6 +308,7 @@ def main(argv=None) -> int:
         p.add_argument("--width", type=int, default=None, help="addition: pad operands to this many digits "
                                                                "(default max-size; 0 = no padding)")
     m.add_argument("--out", required=True, help="output data folder")
+    m.add_argument("--overwrite", action="store_true", help="replace an existing data folder at --out")
     t.add_argument("--data", default=None, help="data folder (default runs/tasks/TASK)")
     t.add_argument("--out", required=True, help="run folder")
     a, rest = ap.parse_known_args(argv)
@@ -321,17 +322,29 @@ def main(argv=None) -> int:
     return train_main(train_args(a.task, data, a.out) + rest)
 
 
+def check_args(a) -> None:
+    """ValueError naming the flag for an option value no generator accepts."""
+    for flag, value in (("--n-train", a.n_train), ("--n-val", a.n_val)):
+        check_int(flag, value, 1)
+    for flag in ("--min-size", "--max-size"):
+        check_int(flag, getattr(a, flag[2:].replace("-", "_")), 1, optional=True)
+    check_int("--width", a.width, 0, optional=True)
+    check_int("--seed" if a.cmd == "make" else "--data-seed", a.seed if a.cmd == "make" else a.data_seed, 0)
+    if a.width is not None and a.task != "addition":
+        raise ValueError("--width applies to the addition task only")
+
+
 def make_data(a, data: str) -> None:
     """`make`: write the data folder; `train`: write it unless `data` already holds one."""
     if a.cmd == "train" and os.path.isfile(os.path.join(data, "manifest.json")):
         print(f"using the existing data folder {data} (its own generator settings: see its manifest.json)")
         return
     out = a.out if a.cmd == "make" else data
-    if a.width is not None and a.task != "addition":
-        raise ValueError("--width applies to the addition task only")
+    check_args(a)
     extra = dict(width=a.width) if a.task == "addition" else {}
     seed = a.seed if a.cmd == "make" else a.data_seed
-    man = write_task(a.task, out, a.n_train, a.n_val, seed, a.min_size, a.max_size, **extra)
+    man = write_task(a.task, out, a.n_train, a.n_val, seed, a.min_size, a.max_size,
+                     overwrite=getattr(a, "overwrite", False), **extra)
     print(f"{out}: {a.task}, {man['splits']['train']['tokens']} train / {man['splits']['val']['tokens']} val "
           f"tokens, labels {man['topics']}")
     print("train it with: python -m gpu.train " + " ".join(train_args(a.task, out, f"runs/{a.task}")))

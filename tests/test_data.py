@@ -234,9 +234,35 @@ def test_real_corpus_cli_on_local_files(tmp_path, capsys, monkeypatch):
     assert main(["openwebtext", "--out", str(tmp_path / "g"), "--files", *files,
                  "--cache-dir", str(tmp_path / "hf")]) == 0
     assert fetched == [1] and load_split(str(tmp_path / "g"), "train")[0].size > 0
+    before = open(tmp_path / "g" / "train.bin", "rb").read()
+    again = ["openwebtext", "--out", str(tmp_path / "g"), "--files", files[0], "--cache-dir", str(tmp_path / "hf")]
+    assert main(again) == 2 and open(tmp_path / "g" / "train.bin", "rb").read() == before  # refused, untouched
+    assert "already holds a data folder: pass --overwrite" in capsys.readouterr().err
+    assert main(again + ["--overwrite"]) == 0 and open(tmp_path / "g" / "train.bin", "rb").read() != before
     assert main(["bundled"]) == 0
     out = capsys.readouterr().out
     assert all(t in out for t in TOPICS) and "licence" in out
+
+
+def test_the_data_check_scans_in_bounded_chunks(tmp_path):
+    """Token ids are checked by a scan that reads a few MB at a time: a 64 MB shard peaks at one 8 MB buffer, and a
+    bad id is found at its exact position across chunk boundaries."""
+    import tracemalloc
+    from gpu.data.check import CHUNK_BYTES, first_at_least
+    ids = np.arange(10_000, dtype=np.uint16) % 50
+    ids[7777] = 60
+    ids.tofile(tmp_path / "small.bin")
+    assert first_at_least(tmp_path / "small.bin", np.uint16, 50, chunk_bytes=1000) == (7777, 60)
+    assert first_at_least(tmp_path / "small.bin", np.uint16, 61, chunk_bytes=1001) is None
+    big = np.zeros(32 << 20, dtype=np.uint16)
+    big[-1] = 9
+    big.tofile(tmp_path / "big.bin")
+    del big
+    tracemalloc.start()
+    assert first_at_least(tmp_path / "big.bin", np.uint16, 9) == ((32 << 20) - 1, 9)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 2 * CHUNK_BYTES, peak
 
 
 def test_cli_errors_are_one_line_with_exit_status_2(tmp_path, capsys):
@@ -288,8 +314,8 @@ def test_clear_errors(tmp_path):
     ds = load_files([str(tmp_path / "blank.jsonl")], cache_dir=str(tmp_path / "hf"))
     with pytest.raises(ValueError, match="no non-empty documents"):
         prepare(ds, str(tmp_path / "o1"), load_tokenizer(BUNDLED_DIR), "blank")
-    assert not os.path.exists(tmp_path / "o1" / "manifest.json")
-    assert not [f for f in os.listdir(tmp_path / "o1") if ".tmp" in f]
+    assert not os.path.exists(tmp_path / "o1")  # written in a temporary folder, renamed only when complete
+    assert not [f for f in os.listdir(tmp_path) if ".tmp" in f]
     (tmp_path / "one.txt").write_text("a single document")
     with pytest.raises(ValueError, match="at least 2 documents"):
         prepare(load_files([str(tmp_path / "one.txt")], str(tmp_path / "hf")), str(tmp_path / "o2"),

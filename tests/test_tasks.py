@@ -158,12 +158,18 @@ def test_write_task_is_reproducible_and_leaves_no_temporary_folder(addition_fold
     tasks.write_task("addition", again, n_train=300, n_val=50, seed=3, min_size=1, max_size=4)
     for f in ("train.bin", "val.bin", "train.topics.bin", "val.difficulty.lookback.bin"):
         assert open(os.path.join(again, f), "rb").read() == open(os.path.join(addition_folder, f), "rb").read()
-    tasks.write_task("addition", again, n_train=20, n_val=5, seed=4)  # rewrites a data folder in place
+    with pytest.raises(ValueError, match="already holds a data folder: pass --overwrite"):
+        tasks.write_task("addition", again, n_train=20, n_val=5, seed=4)  # never replaced by accident
+    tasks.write_task("addition", again, n_train=20, n_val=5, seed=4, overwrite=True)  # replaced in one rename
     assert json.load(open(os.path.join(again, "manifest.json")))["splits"]["val"]["documents"] == 5
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".tmp")]
     (tmp_path / "notdata").mkdir()
+    (tmp_path / "notdata" / "mine.txt").write_text("not data")
     with pytest.raises(ValueError, match="not a data folder"):
-        tasks.write_task("parity", str(tmp_path / "notdata"), n_train=5, n_val=5)
+        tasks.write_task("parity", str(tmp_path / "notdata"), n_train=5, n_val=5, overwrite=True)
+    (tmp_path / "empty").mkdir()  # an empty folder is filled
+    tasks.write_task("parity", str(tmp_path / "empty"), n_train=5, n_val=5)
+    assert os.path.isfile(tmp_path / "empty" / "manifest.json")
 
 
 def test_cli_make_and_train_args(tmp_path, capsys):
@@ -182,11 +188,12 @@ def test_cli_make_and_train_args(tmp_path, capsys):
 
 def test_cli_errors_are_one_line(tmp_path, capsys):
     (tmp_path / "notdata").mkdir()
+    (tmp_path / "notdata" / "mine.txt").write_text("not data")
     assert tasks.main(["make", "parity", "--out", str(tmp_path / "notdata"), "--n-train", "5", "--n-val", "5"]) == 2
     assert tasks.main(["make", "parity", "--out", str(tmp_path / "p"), "--width", "3"]) == 2
     err = capsys.readouterr().err.splitlines()
-    assert err == [f"error: {str(tmp_path / 'notdata')!r} exists and is not a data folder: choose another --out",
-                   "error: --width applies to the addition task only"]
+    assert err == [f"error: {str(tmp_path / 'notdata')!r} exists and is not a data folder: choose another --out "
+                   f"(nothing was written)", "error: --width applies to the addition task only"]
     assert sorted(os.listdir(tmp_path)) == ["notdata"]  # nothing written, no temporary folder left
 
 

@@ -163,14 +163,47 @@ def test_resume_refuses_an_incompatible_config(tmp_path):
         run(tc, mc)
 
 
-def test_corrupted_checkpoint_is_reported(tmp_path):
-    tc, mc = small_run(tmp_path / "run", max_steps=3)
+def test_a_damaged_checkpoint_is_skipped_and_the_resume_stays_bit_identical(tmp_path, capsys):
+    """200 flipped bytes in the newest checkpoint: its checksum fails, the resume falls back to the one before
+    (saying so, keeping the damaged one aside) and recomputes the same losses; keep_last then never deletes it."""
+    tc_full, mc = small_run(tmp_path / "full", max_steps=6, ckpt_every=2, eval_every=100, keep_last=3)
+    run(tc_full, mc)
+    tc, _ = small_run(tmp_path / "run", max_steps=4, ckpt_every=2, eval_every=100, keep_last=3)
     run(tc, mc)
     weights = os.path.join(ckpt.latest_checkpoint(tc.out), "model.safetensors")
-    with open(weights, "r+b") as f:
-        f.truncate(100)
-    with pytest.raises(ValueError, match="truncated or corrupted"):
-        run(TrainConfig(**{**tc.to_dict(), "resume": True, "max_steps": 6}), mc)
+    data = bytearray(open(weights, "rb").read())
+    data[1000:1200] = bytes(b ^ 0xFF for b in data[1000:1200])
+    open(weights, "wb").write(bytes(data))
+    with pytest.raises(ValueError, match="does not match its sha256"):
+        ckpt.load_checkpoint(os.path.dirname(weights))
+    run(TrainConfig(**{**tc.to_dict(), "resume": True, "max_steps": 6, "keep_last": 1}), mc)
+    assert "skipping a damaged checkpoint" in capsys.readouterr().err
+    assert [r["loss"] for r in read_metrics(tc.out)] == [r["loss"] for r in read_metrics(tc_full.out)]
+    assert [os.path.basename(p) for p in ckpt.list_checkpoints(tc.out)] == ["step-0000006"]
+    aside = [d for d in os.listdir(os.path.join(tc.out, "checkpoints")) if d.startswith("damaged-")]
+    assert sorted(os.listdir(os.path.join(tc.out, "checkpoints", *aside))) == ["metrics.jsonl", "step-0000004"]
+
+
+def test_keep_last_never_deletes_the_checkpoint_just_written(tmp_path):
+    params, cfg = reference.init_params(get_preset("tiny", **SMALL_MODEL), 0, "float32"), get_preset("tiny", **SMALL_MODEL)
+    for step in (5, 2):  # a newer step already on disk: keep_last=1 must still keep the verified step 2
+        ckpt.save_checkpoint(tmp_path, step, params, cfg, {}, dict(rng={}), keep_last=1)
+    assert [ckpt.step_of(p) for p in ckpt.list_checkpoints(tmp_path)] == [2, 5]
+    with pytest.raises(ValueError, match="refusing to write checkpoint step 7: the weights"):
+        ckpt.save_checkpoint(tmp_path, 7, {**params, "embed.weight": params["embed.weight"] * np.nan}, cfg, {}, {}, 1)
+    assert not os.path.exists(tmp_path / "checkpoints" / "step-0000007")
+
+
+def test_logs_without_a_terminal_are_plain_lines(tmp_path):
+    out = cli(f"--out={tmp_path / 'run'}", "--max-steps=4", "--eval-every=2", *SMALL_ARGS[:-2], "--log-every=2")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "\r" not in out.stdout + out.stderr
+    lines = out.stdout.splitlines()
+    assert [line.split(" |")[0] for line in lines if line.startswith("step ") and "/" in line.split()[1]] == \
+        ["step 2/4", "step 4/4"]
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert any(line.startswith("step 2: val ce") for line in lines) and os.stat(tmp_path / "run" / "config.json").st_mode & 0o777 == 0o666 & ~umask
 
 
 def test_nan_loss_stops_with_the_last_good_checkpoint(tmp_path, monkeypatch, capsys):
@@ -249,15 +282,36 @@ def test_torchrun_two_gloo_processes_match_one_process(tmp_path, wrapper):
     np.testing.assert_allclose(b, a, rtol=1e-10)
 
 
+def test_sigterm_under_torchrun_stops_every_rank_after_the_same_step(tmp_path):
+    """torchrun forwards SIGTERM to both workers; they reduce the flag, so both finish the same step, rank 0 writes
+    that step's checkpoint and says so once, and each worker exits 143 (torchrun itself then reports the signal)."""
+    out, env = tmp_path / "run", dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    args = [f"--out={out}", "--max-steps=100000", "--eval-every=100000", "--ckpt-every=100000", *SMALL_ARGS, "--device=cpu"]
+    with open(tmp_path / "err", "w+") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                                 "-m", "gpu.train", *args], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=err)
+        deadline = time.time() + 240
+        while time.time() < deadline and len(read_metrics(out) if os.path.exists(out / "metrics.jsonl") else []) < 3:
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=120)
+        err.seek(0)
+        stderr = err.read()
+    step = read_metrics(out)[-1]["step"]
+    assert stderr.count(f"stopped by SIGTERM after step {step} (all 2 processes): checkpoint") == 1, stderr[-3000:]
+    assert [ckpt.step_of(p) for p in ckpt.list_checkpoints(out)] == [step]
+    assert ckpt.load_checkpoint(ckpt.latest_checkpoint(out))[3]["step"] == step
+
+
 def test_collapsed_halting_is_flagged(tmp_path, capsys):
     """A halting bias of +20 makes every token stop at min_loops: after collapse_patience evals, a warning."""
     tc, mc = small_run(tmp_path / "run", max_steps=3, eval_every=1, collapse_patience=2)
     run(tc, mc.replace(halt_bias_init=20.0))
-    out = capsys.readouterr().out
-    assert "halting has collapsed: >=95% of tokens stop at min_loops=1 for 2 evals in a row" in out
+    err = capsys.readouterr().err
+    assert "warning: halting has collapsed: >=95% of tokens stop at min_loops=1 for 2 evals in a row" in err
     tc, mc = small_run(tmp_path / "fixed", max_steps=3, eval_every=1, collapse_patience=2)
     run(tc, mc.replace(halt="fixed"))  # fixed depth is not a collapse
-    assert "halting has collapsed" not in capsys.readouterr().out
+    assert "halting has collapsed" not in capsys.readouterr().err
 
 
 def tiny_float64_model(**model):

@@ -2,9 +2,11 @@
 (the package docstring is the --help text). Library functions raise; only `main` turns errors into exit codes."""
 from __future__ import annotations
 
+import math
+import os
 import sys
 
-from ..cli import command_parser, print_result
+from ..cli import check_float, check_int, check_option, command_parser, print_result, read_json, read_text, run_command
 from .calibration import calibration
 from .convergence import convergence
 from .depth_by_topic import depth_by_topic
@@ -49,13 +51,37 @@ def build_parser():
     return ap, sub
 
 
+def check_args(a) -> None:
+    """ValueError naming the flag (or the file) for an option value or input file the analysis cannot use, before
+    any work: counts >= 1, finite thresholds, a run folder whose config.json is JSON, a UTF-8 --text file."""
+    for flag in ("--windows", "--batch-size", "--boot", "--lipschitz-iters"):
+        check_int(flag, getattr(a, flag[2:].replace("-", "_"), 1), 1)
+    if a.cmd == "convergence":
+        check_int("--loops", a.loops, 1, optional=True)
+    if a.cmd == "calibration":
+        check_float("--tol", a.tol, 0)
+    if a.cmd == "extrapolate" and a.thresholds is not None:
+        for value in a.thresholds.split(","):
+            try:
+                ok = math.isfinite(float(value)) and float(value) > 0
+            except ValueError:
+                ok = False
+            check_option("--thresholds", a.thresholds, ok, "a comma list of finite numbers > 0, e.g. 0.01,0.05")
+    config = os.path.join(a.run, "config.json")
+    if os.path.isfile(config):
+        read_json(config, "the run folder is damaged")
+    if a.cmd == "depth-map":
+        read_text(a.text, "--text file")
+
+
 def main(argv=None) -> int:
     """`python -m gpu.analyze SUBCOMMAND RUN [options]`: run one analysis; 0 on success, 2 on bad input."""
     ap, _ = build_parser()
     a = ap.parse_args(argv)
+    code = run_command(lambda: check_args(a))
+    if code:
+        return code
     common = dict(data=a.data, progress=not a.no_progress)
-    if getattr(a, "windows", 1) < 1:
-        ap.error("--windows must be >= 1")
     if hasattr(a, "windows"):
         common.update(windows=a.windows, split=a.split, batch_size=a.batch_size)
     commands = {"depth-by-topic": lambda: depth_by_topic(a.run, n_boot=a.boot, **common),

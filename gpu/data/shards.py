@@ -17,6 +17,8 @@ import numpy as np
 
 from reference.files import atomic_open
 
+from ..cli import read_json
+
 TOKEN_DTYPE = np.uint16  # nanoGPT: vocab sizes up to 65536 (GPT-2's 50257 fits)
 TOPIC_DTYPE = np.uint8
 SPLITS = ("train", "val")
@@ -64,15 +66,43 @@ def write_bin(path, chunks, dtype):
 
     Streams (a corpus larger than RAM is fine); returns the number of items; ValueError if there are none."""
     n = 0
-    with atomic_open(path, "wb") as f:
-        for c in chunks:
-            if c.dtype != dtype:  # a silent cast would wrap ids modulo 2**16
-                raise TypeError(f"{path}: got a {c.dtype} chunk, expected {np.dtype(dtype)}")
-            f.write(np.ascontiguousarray(c).tobytes())
-            n += len(c)
-        if n == 0:
-            raise ValueError(f"no data to write to {path}: the input has no non-empty documents")
+    try:
+        with atomic_open(path, "wb") as f:
+            for c in chunks:
+                if c.dtype != dtype:  # a silent cast would wrap ids modulo 2**16
+                    raise TypeError(f"{path}: got a {c.dtype} chunk, expected {np.dtype(dtype)}")
+                f.write(np.ascontiguousarray(c).tobytes())
+                n += len(c)
+            if n == 0:
+                raise ValueError(f"no data to write to {path}: the input has no non-empty documents")
+    except OSError as err:  # a full disk names no file of its own
+        if err.filename or not err.strerror:
+            raise
+        raise OSError(err.errno, f"could not write {path} ({err.strerror})") from None
     return n
+
+
+def output_folder_exists(out, overwrite: bool, command: str = "") -> bool:
+    """Whether a writer of a data folder at `out` replaces an existing (data or empty) folder. ValueError, before
+    anything is written, for a non-empty folder without --overwrite, for anything that is not a data folder, and
+    for the bundled corpus (only `python -m gpu.data build-bundled --overwrite` rewrites it)."""
+    out = os.path.abspath(os.fspath(out))
+    bundled = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bundled")
+    if not os.path.exists(out):
+        return False
+    if not os.path.isdir(out):
+        raise ValueError(f"{out!r} exists and is not a folder: choose another --out")
+    if not os.listdir(out):
+        return True
+    if not os.path.isfile(os.path.join(out, "manifest.json")):
+        raise ValueError(f"{out!r} exists and is not a data folder: choose another --out (nothing was written)")
+    if out == bundled and command != "build-bundled":
+        raise ValueError(f"{out!r} is the bundled corpus: choose another --out (only `python -m gpu.data "
+                         f"build-bundled --overwrite` rewrites it)")
+    if not overwrite:
+        raise ValueError(f"{out!r} already holds a data folder: pass --overwrite to replace it, or choose another "
+                         f"--out (nothing was written)")
+    return True
 
 
 def load_manifest(data_dir):
@@ -81,8 +111,10 @@ def load_manifest(data_dir):
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no manifest.json in {data_dir!r}: not a data folder. Build one with "
                                 "`python -m gpu.data build-bundled` or `python -m gpu.data openwebtext --out DIR`")
-    with open(path) as f:
-        return json.load(f)
+    meta = read_json(path, "rebuild the data folder")
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path}: expected a JSON object; rebuild the data folder")
+    return meta
 
 
 def topic_names(data_dir):

@@ -10,12 +10,16 @@ from ..config import TrainConfig
 
 def load_data(tc: TrainConfig) -> dict:
     """Both splits of --data (memory-mapped), their topic ids, the manifest, the topic names and the ids of the
-    topics --ignore-topics drops. ValueError or FileNotFoundError naming the fix for a folder that is not data."""
-    from ..data import BUNDLED_DIR, load_split, topic_names
+    topics --ignore-topics drops, after gpu.data.check's checks of every shard. ValueError or FileNotFoundError
+    naming the file and the fix for a folder that is not usable data."""
+    from ..data import BUNDLED_DIR, load_manifest, load_split, topic_names
+    from ..data.check import check_data_folder
     data_dir = BUNDLED_DIR if tc.data == "bundled" else tc.data
     if not os.path.isdir(data_dir):
         raise ValueError(f"--data={tc.data!r} is not a folder: use 'bundled' or a folder made by "
                          f"`python -m gpu.data openwebtext --out DIR`")
+    meta = load_manifest(data_dir)
+    check_data_folder(data_dir, meta)  # sizes, token ids, topic labels: before step 1, not at step 5
     train, train_topics, meta = load_split(data_dir, "train")
     val, val_topics, _ = load_split(data_dir, "val")
     topics = topic_names(data_dir)

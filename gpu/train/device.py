@@ -15,6 +15,8 @@ class Dist:
         self.rank = int(os.environ.get("RANK", "0"))
         self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         self.enabled = self.world > 1
+        # the tensors of the small collectives below live where the backend wants them (NCCL: on the GPU)
+        self.comm_device = torch.device("cuda", self.local_rank) if device_kind == "cuda" else torch.device("cpu")
         if self.enabled:
             torch.distributed.init_process_group(backend="nccl" if device_kind == "cuda" else "gloo")
 
@@ -22,13 +24,28 @@ class Dist:
     def main(self) -> bool:
         return self.rank == 0
 
+    def _reduce(self, value: float, op) -> float:
+        t = torch.tensor([value], dtype=torch.float64, device=self.comm_device)
+        torch.distributed.all_reduce(t, op=op)
+        return float(t.item())
+
     def mean(self, value: float) -> float:
         """The mean of `value` over the processes."""
         if not self.enabled:
             return value
-        t = torch.tensor([value], dtype=torch.float64)
-        torch.distributed.all_reduce(t)
-        return float(t.item()) / self.world
+        return self._reduce(value, torch.distributed.ReduceOp.SUM) / self.world
+
+    def any(self, flag: bool) -> bool:
+        """True on every process when `flag` is true on any (all processes take the same decision)."""
+        if not self.enabled:
+            return bool(flag)
+        return self._reduce(float(bool(flag)), torch.distributed.ReduceOp.MAX) > 0
+
+    def from_main(self, value: int) -> int:
+        """Rank 0's `value`, on every process."""
+        if not self.enabled:
+            return value
+        return int(self._reduce(float(value) if self.main else -1e300, torch.distributed.ReduceOp.MAX))
 
     def barrier(self) -> None:
         if self.enabled:

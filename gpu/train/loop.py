@@ -12,7 +12,6 @@ import torch
 from reference.halting import get_rule
 from reference.optim import lr_at
 
-from .. import checkpoint as ckpt
 from ..config import TrainConfig
 from ..diagnostics import collapsed
 from .build import Trainee
@@ -21,14 +20,9 @@ from .device import Dist, autocast
 from .distributed import accumulation_context
 from .evaluate import evaluate
 from .metrics import Recorder
-from .resume import save
-
-
-class TrainingDiverged(RuntimeError):
-    """The training loss became NaN or infinite; nothing was saved at that step. The message names the last good
-    checkpoint. An entry point exits with `exit_code`."""
-
-    exit_code = 1
+from .progress import Progress
+from .resume import TrainingDiverged, diverged_advice, save  # noqa: F401 (TrainingDiverged: gpu.train's)
+from .signals import StopSignals
 
 
 @dataclass
@@ -43,6 +37,7 @@ class Session:
     seq_len: int
     trainee: Trainee
     rng: np.random.Generator        # draws the batches (and --random-loops depths); saved in checkpoints
+    stop: StopSignals = field(default_factory=StopSignals)
     collapse_streak: int = 0
     last_eval: dict | None = None
     clock: dict = field(default_factory=dict)  # t0 and the step the throughput window starts at
@@ -60,27 +55,35 @@ def due(done: int, every: int, max_steps: int) -> bool:
 
 
 def train_loop(s: Session, start_step: int, rec: Recorder) -> dict | None:
-    """Steps start_step..max_steps; returns the last evaluation (None if none ran). Raises TrainingDiverged."""
-    from tqdm import tqdm
+    """Steps start_step..max_steps; returns the last evaluation (None if none ran). Raises TrainingDiverged, and
+    Stopped after saving when a signal asked the run to stop (gpu.train.signals)."""
     tc = s.tc
-    bar = tqdm(range(start_step, tc.max_steps), initial=start_step, total=tc.max_steps, desc="train",
-               disable=not (tc.progress and s.dist.main), unit="step", dynamic_ncols=True)
+    progress = Progress(tc, start_step, s.dist.main)
     s.clock = dict(t0=time.time(), start=start_step)
     s.trainee.model.train()
+    s.stop.in_loop = True
     try:
-        for step in bar:
+        for step in range(start_step, tc.max_steps):
             lr, loss, depth = optimizer_step(s, step)
             done = step + 1
-            tok_s = log_train(s, rec, done, lr, loss, depth)
-            bar.set_postfix(loss=f"{loss:.3f}", depth=f"{depth:.2f}", tok_s=f"{tok_s:.0f}")
+            progress.update(done, loss, depth, lr, log_train(s, rec, done, lr, loss, depth))
             if due(done, tc.eval_every, tc.max_steps):
-                eval_step(s, rec, bar, done)
-            if due(done, tc.ckpt_every, tc.max_steps):
-                t = s.trainee
-                save(t.raw_model, t.model, s.mc, t.optimizer, s.rng, tc, done, s.dist)
+                eval_step(s, rec, progress, done)
+            saved = save_step(s, done) if due(done, tc.ckpt_every, tc.max_steps) else None
+            stop = s.dist.any(s.stop.received is not None)  # every rank takes the same decision, every step
+            if stop and done < tc.max_steps:  # (at the last step the run simply ends, report included)
+                s.stop.in_loop = False
+                raise s.stop.stopped(done, saved or save_step(s, done), s.dist.world)
     finally:
-        bar.close()
+        s.stop.in_loop = False
+        progress.close()
     return s.last_eval
+
+
+def save_step(s: Session, done: int) -> str:
+    """Checkpoint `done` (weights checked finite on every rank first); returns its folder."""
+    t = s.trainee
+    return save(t.raw_model, t.model, s.mc, t.optimizer, s.rng, s.tc, done, s.dist)
 
 
 def optimizer_step(s: Session, step: int) -> tuple[float, float, float]:
@@ -97,9 +100,8 @@ def optimizer_step(s: Session, step: int) -> tuple[float, float, float]:
         torch.nn.utils.clip_grad_norm_(s.trainee.model.parameters(), tc.grad_clip)
     train_loss = s.dist.mean(loss_sum)
     if not math.isfinite(train_loss):
-        raise TrainingDiverged(f"loss became {train_loss} at step {step}; stopping without saving. Last good "
-                               f"checkpoint: {ckpt.latest_checkpoint(tc.out) or 'none'}. Try a lower --lr, "
-                               f"--grad-clip=1, --dtype=float32, or a larger --step-scale-init/--halt-penalty balance.")
+        raise TrainingDiverged(f"loss became {train_loss} at step {step}; stopping without saving. "
+                               + diverged_advice(tc.out))
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return lr, train_loss, s.dist.mean(depth_sum)
@@ -134,7 +136,7 @@ def log_train(s: Session, rec: Recorder, done: int, lr: float, loss: float, dept
     return tokens_per_s(s, done)
 
 
-def eval_step(s: Session, rec: Recorder, bar, done: int) -> None:
+def eval_step(s: Session, rec: Recorder, progress: Progress, done: int) -> None:
     """Evaluate (every rank), then on rank 0 record it, print a line and warn when halting has collapsed."""
     ev = s.last_eval = evaluate(s.trainee.model, s.mc, s.tc, s.data, s.device, s.seq_len)
     if not s.dist.main:
@@ -143,7 +145,8 @@ def eval_step(s: Session, rec: Recorder, bar, done: int) -> None:
     end = collapsed(ev, s.mc)
     s.collapse_streak = s.collapse_streak + 1 if end else 0
     if s.collapse_streak >= s.tc.collapse_patience:
-        bar.write(f"warning: halting has collapsed: >=95% of tokens stop at {end} for {s.collapse_streak} "
-                  f"evals in a row. Adjust --halt-penalty (lower if stuck at min) or --halt-bias-init.")
-    bar.write(f"step {done}: val ce {ev['val_ce']:.4f} | mean depth {ev['mean_depth']:.2f} "
-              f"| depth histogram {ev['depth_hist']}")
+        progress.write(f"warning: halting has collapsed: >=95% of tokens stop at {end} for {s.collapse_streak} "
+                       f"evals in a row. Adjust --halt-penalty (lower if stuck at min) or --halt-bias-init.",
+                       warning=True)
+    progress.write(f"step {done}: val ce {ev['val_ce']:.4f} | mean depth {ev['mean_depth']:.2f} "
+                   f"| depth histogram {ev['depth_hist']}")
