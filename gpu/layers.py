@@ -6,15 +6,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-NORM_EPS = 1e-5  # reference.ops.norm_forward's eps
+NORM_EPS = 1e-5  # reference.ops.norm_forward's default eps (LoopConfig.norm_eps's default)
 
 
-def norm(x, weight=None, bias=None, kind="rmsnorm"):
+def norm(x, weight=None, bias=None, kind="rmsnorm", eps=NORM_EPS):
     """RMSNorm y = x / sqrt(mean(x^2) + eps) * w, or LayerNorm y = (x - mean) / sqrt(var + eps) * w + b.
     weight=None is a unit gain (the halting unit's norm). (..., D) -> (..., D)."""
     if kind == "rmsnorm":
-        return F.rms_norm(x, x.shape[-1:], weight, NORM_EPS)
-    return F.layer_norm(x, x.shape[-1:], weight, bias, NORM_EPS)
+        return F.rms_norm(x, x.shape[-1:], weight, eps)
+    return F.layer_norm(x, x.shape[-1:], weight, bias, eps)
 
 
 def rope_tables(T, head_dim, base, device=None):
@@ -32,11 +32,13 @@ def rope(x, cos, sin):
 
 
 class Norm(nn.Module):
-    def __init__(self, D, kind):
+    """A norm with a gain `weight` (D,) and, for LayerNorm, a `bias` (D,); eps = LoopConfig.norm_eps."""
+
+    def __init__(self, D, kind, eps=NORM_EPS):
         super().__init__()
-        self.kind = kind
+        self.kind, self.eps = kind, eps
         self.weight = nn.Parameter(torch.ones(D))
         self.bias = nn.Parameter(torch.zeros(D)) if kind == "layernorm" else None
 
     def forward(self, x):
-        return norm(x, self.weight, self.bias, self.kind)
+        return norm(x, self.weight, self.bias, self.kind, self.eps)

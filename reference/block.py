@@ -49,10 +49,10 @@ def add_norm_grads(grads, name, dweight, dbias):
 def block_forward(params, prefix, x, cfg, rope):
     """x: (B, T, D) -> (B, T, D)."""
     attention, ffn = get_attention(cfg), get_ffn(cfg)
-    a_in, c_n1 = ops.norm_forward(x, *norm_params(params, f"{prefix}.attn_norm"), kind=cfg.norm)
+    a_in, c_n1 = ops.norm_forward(x, *norm_params(params, f"{prefix}.attn_norm"), kind=cfg.norm, eps=cfg.norm_eps)
     a, c_att = attention.forward(params, f"{prefix}.attn", a_in, cfg, rope)
     x1 = x + a
-    m_in, c_n2 = ops.norm_forward(x1, *norm_params(params, f"{prefix}.mlp_norm"), kind=cfg.norm)
+    m_in, c_n2 = ops.norm_forward(x1, *norm_params(params, f"{prefix}.mlp_norm"), kind=cfg.norm, eps=cfg.norm_eps)
     m, c_ffn = ffn.forward(params, f"{prefix}.mlp", m_in, cfg, rope)
     x2, memory, c_mem = x1 + m, get_memory(cfg, prefix), None
     if memory:

@@ -19,7 +19,7 @@ ATTENTION_BODIES = tuple(ATTENTIONS)  # the registered block bodies (reference/b
 FFN_BODIES = tuple(FFNS)
 INJECTIONS = ("none", "add", "concat")
 NORMS = ("rmsnorm", "layernorm")
-ACTIVATIONS = ("gelu", "relu")
+ACTIVATIONS = ("gelu", "relu", "swiglu")
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,9 @@ class LoopConfig:
     block_size: int = 64           # longest sequence the model accepts (context length)
     d_model: int = 64              # width D of the residual stream
     n_head: int = 4                # attention heads (head width D / n_head, even with RoPE)
+    n_kv_head: int = 0             # key/value heads, grouped-query attention (a divisor of n_head); 0 = n_head (MHA)
     mlp_ratio: int = 4             # hidden width of the MLP = mlp_ratio * d_model
+    ffn_hidden: int = 0            # the MLP's hidden width F, any size (Llama's intermediate_size); 0 = mlp_ratio * d_model
     n_prelude: int = 1             # unique blocks run once before the loop
     n_layer: int = 1               # unique core blocks, the ones that loop
     n_coda: int = 1                # unique blocks run once after the loop
@@ -57,14 +59,15 @@ class LoopConfig:
     ffn: str = "mlp"               # feed-forward body: mlp (two layers, the activation below) | moe (MoEUT's sigma-MoE)
     n_experts: int = 4             # moe: experts per MoE body (the seed's setting: 4 experts, top-2)
     moe_top_k: int = 2             # moe: experts each token uses, the top-k of sigmoid scores (no renormalisation)
-    moe_expert_size: int = 0       # moe: width of one expert; 0 = mlp_ratio * d_model // moe_top_k (the MLP's FLOPs)
+    moe_expert_size: int = 0       # moe: width of one expert; 0 = the MLP's width F // moe_top_k (the MLP's FLOPs)
     moe_balance: float = 0.01      # moe: weight of the balance loss KL(mean expert selection || uniform) (MoEUT: 0.01)
     memory: str = "none"           # gated memory banks in the core blocks (Frey et al.): none | local | global | both
     memory_local_slots: int = 16   # memory: slots of each core block's own bank
     memory_global_slots: int = 64  # memory: slots of the one bank every core block shares
     memory_gate_bias_init: float = -2.0  # memory: initial b_g of the gates sigmoid(W_g h + b_g); -2 = mostly closed
     norm: str = "rmsnorm"          # rmsnorm | layernorm, before each body and at the end
-    activation: str = "gelu"       # gelu (tanh approximation) | relu
+    norm_eps: float = 1e-5         # epsilon of the block, memory and final norms: x / sqrt(mean(x^2) + eps) (Llama: rms_norm_eps)
+    activation: str = "gelu"       # gelu (tanh approximation) | relu | swiglu (gated MLP, Llama: proj(silu(gate x) * fc x))
     rope: bool = True              # rotary position embeddings; False = learned absolute positions
     rope_base: float = 10000.0     # RoPE angle of position t, pair i: t * rope_base^(-2i / head_dim)
     tie_embeddings: bool = True    # LM head shares the token embedding matrix
@@ -76,6 +79,16 @@ class LoopConfig:
     @property
     def head_dim(self) -> int:
         return self.d_model // self.n_head
+
+    @property
+    def kv_heads(self) -> int:
+        """Key/value heads: n_kv_head, or n_head when it is 0 (plain multi-head attention)."""
+        return self.n_kv_head or self.n_head
+
+    @property
+    def ffn_width(self) -> int:
+        """Hidden width F of the MLP: ffn_hidden, or mlp_ratio * d_model when it is 0."""
+        return self.ffn_hidden or self.mlp_ratio * self.d_model
 
     @property
     def n_groups(self) -> int:
@@ -127,20 +140,22 @@ def _validate(c: LoopConfig) -> None:
                  "n_experts", "moe_top_k", "memory_local_slots", "memory_global_slots"):
         if getattr(c, name) < 1:
             _fail(name, getattr(c, name), "an int >= 1")
-    for name in ("n_prelude", "n_coda", "backprop_loops", "moe_expert_size"):
+    for name in ("n_prelude", "n_coda", "backprop_loops", "moe_expert_size", "n_kv_head", "ffn_hidden"):
         if getattr(c, name) < 0:
             _fail(name, getattr(c, name), "an int >= 0")
     if c.d_model % c.n_head:
         _fail("n_head", c.n_head, f"a divisor of d_model={c.d_model}")
+    if c.n_head % c.kv_heads:
+        _fail("n_kv_head", c.n_kv_head, f"a divisor of n_head={c.n_head} (0 = n_head: plain multi-head attention)")
     if c.rope and c.head_dim % 2:
         _fail("d_model", c.d_model, f"d_model / n_head even for RoPE (head_dim={c.head_dim})")
     if c.min_loops > c.max_loops:
         _fail("min_loops", c.min_loops, f"an int in [1, max_loops={c.max_loops}]")
     if c.moe_top_k > c.n_experts:
         _fail("moe_top_k", c.moe_top_k, f"an int in [1, n_experts={c.n_experts}] (no more experts than exist)")
-    if c.moe_expert_size == 0 and c.mlp_ratio * c.d_model < c.moe_top_k:
-        _fail("moe_expert_size", 0, f"an int >= 1 here: the default mlp_ratio * d_model // moe_top_k = "
-              f"{c.mlp_ratio} * {c.d_model} // {c.moe_top_k} is 0")
+    if c.moe_expert_size == 0 and c.ffn_width < c.moe_top_k:
+        _fail("moe_expert_size", 0, f"an int >= 1 here: the default MLP width // moe_top_k = "
+              f"{c.ffn_width} // {c.moe_top_k} is 0")
     registered = (("halt", tuple(RULES)), ("attention", tuple(ATTENTIONS)), ("ffn", tuple(FFNS)),  # read live
                   ("memory", MEMORY_MODES))
     for name, options in (("loop_scope", LOOP_SCOPES), ("input_injection", INJECTIONS), ("norm", NORMS),
@@ -161,6 +176,10 @@ def _validate(c: LoopConfig) -> None:
             _fail(name, getattr(c, name), "a number >= 0")
     if c.rope_base <= 0:
         _fail("rope_base", c.rope_base, "a number > 0")
+    if c.norm_eps <= 0:
+        _fail("norm_eps", c.norm_eps, "a number > 0")
+    if c.activation == "swiglu" and c.ffn != "mlp":
+        _fail("activation", c.activation, f"gelu or relu with ffn={c.ffn!r} (swiglu is the gated form of ffn='mlp')")
 
 
 def dense_variant(cfg: LoopConfig, n_layer: int) -> LoopConfig:

@@ -18,7 +18,7 @@ def head_weight(params, cfg):
 def head_forward(params, x, cfg, rope):
     """x (B, T, D) -> logits (B, T, V), cache."""
     x, c_coda = stack_forward(params, coda_names(cfg), x, cfg, rope)
-    xn, c_norm = ops.norm_forward(x, *norm_params(params, "norm_f"), kind=cfg.norm)
+    xn, c_norm = ops.norm_forward(x, *norm_params(params, "norm_f"), kind=cfg.norm, eps=cfg.norm_eps)
     logits, c_head = ops.linear_forward(xn, head_weight(params, cfg))
     return logits, (c_coda, c_norm, c_head, cfg.tie_embeddings)
 

@@ -99,10 +99,13 @@ _GELU_C = math.sqrt(2.0 / math.pi)
 
 
 def activation_forward(x, kind="gelu"):
-    """gelu (tanh approximation): 0.5 x (1 + tanh(c (x + 0.044715 x^3))), or relu."""
+    """gelu (tanh approximation): 0.5 x (1 + tanh(c (x + 0.044715 x^3))), relu, or silu: x sigmoid(x)."""
     xp = xp_of(x)
     if kind == "relu":
         return xp.maximum(x, 0), (x, kind, None)
+    if kind == "silu":
+        sig = 1.0 / (1.0 + xp.exp(-x))
+        return x * sig, (x, kind, sig)
     t = xp.tanh(_GELU_C * (x + 0.044715 * x ** 3))
     return 0.5 * x * (1.0 + t), (x, kind, t)
 
@@ -111,6 +114,8 @@ def activation_backward(dy, cache):
     x, kind, t = cache
     if kind == "relu":
         return dy * (x > 0)
+    if kind == "silu":  # d/dx x s(x) = s + x s (1 - s)
+        return dy * (t * (1.0 + x * (1.0 - t)))
     dt = _GELU_C * (1.0 + 3 * 0.044715 * x * x) * (1.0 - t * t)
     return dy * (0.5 * (1.0 + t) + 0.5 * x * dt)
 
@@ -137,18 +142,51 @@ def rope_backward(dy, cos, sin):
 
 
 # ----------------------------------------------------------------------------- attention
-def attention_forward(x, w_qkv, w_proj, n_head, rope=None):
+def split_heads(qkv, n_head, n_kv_head=None):
+    """[q; k; v] (B, T, (H + 2 Hkv) hd) -> q (B, H, T, hd), k and v (B, Hkv, T, hd). Hkv = n_kv_head (default H)."""
+    B, T, width = qkv.shape
+    kv = n_kv_head or n_head
+    hd = width // (n_head + 2 * kv)
+    cuts = (0, n_head * hd, (n_head + kv) * hd, width)
+    return tuple(qkv[..., a:b].reshape(B, T, -1, hd).transpose(0, 2, 1, 3) for a, b in zip(cuts, cuts[1:]))
+
+
+def merge_heads(*heads):
+    """The inverse of split_heads: (B, H_i, T, hd) pieces -> (B, T, sum_i H_i hd), concatenated in order."""
+    xp = xp_of(heads[0])
+    B, _, T, hd = heads[0].shape
+    return xp.concatenate([t.transpose(0, 2, 1, 3).reshape(B, T, -1) for t in heads], axis=-1)
+
+
+def repeat_kv(t, groups: int):
+    """Grouped-query attention (Ainslie et al. 2023): key/value head j serves the query heads j G .. j G + G - 1.
+    (B, Hkv, T, hd) -> (B, Hkv G, T, hd); HF's repeat_kv layout."""
+    return t if groups == 1 else xp_of(t).repeat(t, groups, axis=1)
+
+
+def repeat_kv_backward(dt, groups: int):
+    """The gradient of repeat_kv: each key/value head sums the gradients of the G query heads it served."""
+    if groups == 1:
+        return dt
+    B, H, T, hd = dt.shape
+    return dt.reshape(B, H // groups, groups, T, hd).sum(axis=2)
+
+
+def attention_forward(x, w_qkv, w_proj, n_head, rope=None, n_kv_head=None):
     """Causal multi-head self-attention: softmax(q k^T / sqrt(hd) + causal mask) v, then a projection.
 
-    x: (B, T, D); w_qkv: (3D, D); w_proj: (D, D); rope: (cos, sin) tables or None.
+    x: (B, T, D); w_qkv: ((H + 2 Hkv) hd, D), the rows of q, then k, then v (3D rows for MHA); w_proj: (D, D);
+    rope: (cos, sin) tables or None; n_kv_head: Hkv key/value heads, each shared by H / Hkv query heads (None = H).
     """
     xp = xp_of(x)
     B, T, D = x.shape
     hd = D // n_head
-    qkv, c_qkv = linear_forward(x, w_qkv)  # (B, T, 3D)
-    q, k, v = (qkv[..., i * D:(i + 1) * D].reshape(B, T, n_head, hd).transpose(0, 2, 1, 3) for i in range(3))
+    groups = n_head // (n_kv_head or n_head)
+    qkv, c_qkv = linear_forward(x, w_qkv)  # (B, T, (H + 2 Hkv) hd)
+    q, k, v = split_heads(qkv, n_head, n_kv_head)  # (B, H, T, hd), (B, Hkv, T, hd) x 2
     if rope is not None:
-        q, k = rope_forward(q, *rope), rope_forward(k, *rope)  # (B, H, T, hd)
+        q, k = rope_forward(q, *rope), rope_forward(k, *rope)
+    k, v = repeat_kv(k, groups), repeat_kv(v, groups)  # (B, H, T, hd)
     scores = (q @ k.transpose(0, 1, 3, 2)) / math.sqrt(hd)  # (B, H, T, T)
     causal = xp.tril(xp.ones((T, T), dtype=bool))
     scores = xp.where(causal, scores, -xp.inf)
@@ -157,12 +195,12 @@ def attention_forward(x, w_qkv, w_proj, n_head, rope=None):
     att = att / xp.sum(att, axis=-1, keepdims=True)  # (B, H, T, T)
     y = (att @ v).transpose(0, 2, 1, 3).reshape(B, T, D)
     out, c_proj = linear_forward(y, w_proj)
-    return out, (c_qkv, c_proj, q, k, v, att, rope, n_head)
+    return out, (c_qkv, c_proj, q, k, v, att, rope, n_head, groups)
 
 
 def attention_backward(dout, cache):
     """Returns (dx, dw_qkv, dw_proj)."""
-    c_qkv, c_proj, q, k, v, att, rope, n_head = cache
+    c_qkv, c_proj, q, k, v, att, rope, n_head, groups = cache
     xp = xp_of(dout)
     B, T, D = dout.shape
     hd = D // n_head
@@ -173,10 +211,10 @@ def attention_backward(dout, cache):
     dscores = att * (datt - xp.sum(datt * att, axis=-1, keepdims=True)) / math.sqrt(hd)  # softmax backward
     dq = dscores @ k
     dk = dscores.transpose(0, 1, 3, 2) @ q
+    dk, dv = repeat_kv_backward(dk, groups), repeat_kv_backward(dv, groups)  # (B, Hkv, T, hd)
     if rope is not None:
         dq, dk = rope_backward(dq, *rope), rope_backward(dk, *rope)
-    dqkv = xp.concatenate([t.transpose(0, 2, 1, 3).reshape(B, T, D) for t in (dq, dk, dv)], axis=-1)
-    dx, dw_qkv = linear_backward(dqkv, c_qkv)
+    dx, dw_qkv = linear_backward(merge_heads(dq, dk, dv), c_qkv)
     return dx, dw_qkv, dw_proj
 
 
@@ -196,6 +234,25 @@ def mlp_backward(dout, cache):
     dh = activation_backward(da, c_act)
     dx, dw_fc = linear_backward(dh, c_fc)
     return dx, dw_fc, dw_proj
+
+
+def swiglu_forward(x, w_fc, w_gate, w_proj):
+    """The gated MLP (Shazeer 2020, "GLU variants"; Llama's): proj(silu(gate(x)) * fc(x)), with fc = Llama's up_proj,
+    gate = gate_proj, proj = down_proj. (B, T, D) -> (B, T, F) -> (B, T, D)."""
+    u, c_fc = linear_forward(x, w_fc)
+    g, c_gate = linear_forward(x, w_gate)
+    s, c_act = activation_forward(g, "silu")
+    out, c_proj = linear_forward(s * u, w_proj)
+    return out, (c_fc, c_gate, c_act, c_proj, u, s)
+
+
+def swiglu_backward(dout, cache):
+    """Returns (dx, dw_fc, dw_gate, dw_proj)."""
+    c_fc, c_gate, c_act, c_proj, u, s = cache
+    da, dw_proj = linear_backward(dout, c_proj)
+    dx_u, dw_fc = linear_backward(da * s, c_fc)
+    dx_g, dw_gate = linear_backward(activation_backward(da * u, c_act), c_gate)
+    return dx_u + dx_g, dw_fc, dw_gate, dw_proj
 
 
 # ----------------------------------------------------------------------------- loss

@@ -185,6 +185,8 @@ def configs(draw, **fixed):
     max_loops = draw(st.integers(1, 4))
     fields = dict(
         vocab_size=draw(st.integers(5, 17)), block_size=8, d_model=n_head * head_dim, n_head=n_head,
+        n_kv_head=draw(st.sampled_from([0] + [h for h in range(1, n_head + 1) if n_head % h == 0])),  # GQA
+        norm_eps=draw(st.sampled_from([1e-5, 1e-6])), ffn_hidden=draw(st.sampled_from([0, 0, 5])),
         mlp_ratio=draw(st.sampled_from([1, 2, 4])), n_prelude=draw(st.integers(0, 2)), n_layer=draw(st.integers(1, 3)),
         n_coda=draw(st.integers(0, 2)), max_loops=max_loops, min_loops=draw(st.integers(1, max_loops)),
         loop_scope=draw(st.sampled_from(LOOP_SCOPES)), input_injection=draw(st.sampled_from(INJECTIONS)),
@@ -202,6 +204,8 @@ def configs(draw, **fixed):
                   memory_local_slots=draw(st.integers(1, 4)), memory_global_slots=draw(st.integers(1, 5)),
                   memory_gate_bias_init=draw(st.floats(-2.0, 1.0)))
     fields.update(fixed)
+    if fields["activation"] == "swiglu" and fields["ffn"] != "mlp" and "activation" not in fixed:
+        fields["activation"] = "gelu"  # swiglu is the gated form of the MLP body only
     if R.halting.get_rule(fields["halt"]).expected_exit_loss:
         fields["loop_scope"] = "stack"  # each exit step is a whole model output: one loop group
     return R.LoopConfig(**fields)

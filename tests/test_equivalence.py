@@ -19,7 +19,7 @@ from equivalence_helpers import (TOLERANCES, TORCH_DTYPES, assert_close, autocas
                                  to_numpy, torch_device)
 from gpu import halting as GH
 from gpu import layers as L
-from gpu.body.mlp import mlp as torch_mlp
+from gpu.body.mlp import mlp as torch_mlp, swiglu as torch_swiglu
 from gpu.body.linear_attention import linear_attention as torch_linear_attention
 from gpu.body.softmax_attention import attention as torch_attention
 from gpu.model import LoopedTransformer, from_reference, load, save
@@ -36,7 +36,7 @@ ALL = backend_params()
 # ----------------------------------------------------------------------------- ops
 # Each op: inputs(rng, B, T, D, H) -> dict of arrays; ref(**inputs) -> (out, backward(dout) -> dict of input grads),
 # written with reference.ops (so it also runs on CuPy arrays); tch(**tensors) -> out, written with gpu.layers.
-def _norm_case(kind, gain):
+def _norm_case(kind, gain, eps=1e-5):
     def inputs(rng, B, T, D, H):
         out = dict(x=rng.normal(0.3, 1.5, (B, T, D)))
         if gain:
@@ -46,10 +46,10 @@ def _norm_case(kind, gain):
         return out
 
     def ref(x, w=None, b=None):
-        y, c = ops.norm_forward(x, w, b, kind=kind)
+        y, c = ops.norm_forward(x, w, b, kind=kind, eps=eps)
         return y, lambda dy: dict(zip("xwb", ops.norm_backward(dy, c)))
 
-    return inputs, ref, lambda x, w=None, b=None: L.norm(x, w, b, kind)
+    return inputs, ref, lambda x, w=None, b=None: L.norm(x, w, b, kind, eps)
 
 
 def _rope_case():
@@ -63,19 +63,22 @@ def _rope_case():
     return (lambda rng, B, T, D, H: dict(x=rng.normal(size=(B, H, T, 2 * D // H)))), ref, tch
 
 
-def _attention_case(use_rope, forward=ops.attention_forward, backward=ops.attention_backward, tch_op=torch_attention):
+def _attention_case(use_rope, forward=ops.attention_forward, backward=ops.attention_backward, tch_op=torch_attention,
+                    kv=None):
+    """kv=1: grouped-query attention with one key/value head shared by all H query heads (multi-query)."""
     def inputs(rng, B, T, D, H):
-        return dict(x=rng.normal(size=(B, T, D)), w_qkv=rng.normal(0, 0.5, (3 * D, D)),
+        rows = D + 2 * (kv or H) * (D // H)  # q, k, v rows: 3D for multi-head attention
+        return dict(x=rng.normal(size=(B, T, D)), w_qkv=rng.normal(0, 0.5, (rows, D)),
                     w_proj=rng.normal(0, 0.5, (D, D)))
 
     def ref(x, w_qkv, w_proj, H):
         cs = ops.rope_tables(x.shape[1], x.shape[2] // H, 10000.0, ops.xp_of(x), x.dtype) if use_rope else None
-        out, c = forward(x, w_qkv, w_proj, H, cs)
+        out, c = forward(x, w_qkv, w_proj, H, cs, n_kv_head=kv)
         return out, lambda dy: dict(zip(("x", "w_qkv", "w_proj"), backward(dy, c)))
 
     def tch(x, w_qkv, w_proj, H):
         cs = L.rope_tables(x.shape[1], x.shape[2] // H, 10000.0, x.device) if use_rope else None
-        return tch_op(x, w_qkv, w_proj, H, cs)
+        return tch_op(x, w_qkv, w_proj, H, cs, n_kv_head=kv)
 
     return inputs, ref, tch
 
@@ -90,6 +93,18 @@ def _mlp_case(act):
         return out, lambda dy: dict(zip(("x", "w_fc", "w_proj"), ops.mlp_backward(dy, c)))
 
     return inputs, ref, lambda x, w_fc, w_proj: torch_mlp(x, w_fc, w_proj, act)
+
+
+def _swiglu_case():
+    def inputs(rng, B, T, D, H):
+        return dict(x=rng.normal(size=(B, T, D)), w_fc=rng.normal(0, 0.7, (3 * D, D)),
+                    w_gate=rng.normal(0, 0.7, (3 * D, D)), w_proj=rng.normal(0, 0.5, (D, 3 * D)))
+
+    def ref(x, w_fc, w_gate, w_proj):
+        out, c = ops.swiglu_forward(x, w_fc, w_gate, w_proj)
+        return out, lambda dy: dict(zip(("x", "w_fc", "w_gate", "w_proj"), ops.swiglu_backward(dy, c)))
+
+    return inputs, ref, torch_swiglu
 
 
 def _cross_entropy_case():
@@ -110,10 +125,15 @@ def _cross_entropy_case():
 
 OPS = {"norm-rmsnorm": _norm_case("rmsnorm", True), "norm-layernorm": _norm_case("layernorm", True),
        "norm-rmsnorm-nogain": _norm_case("rmsnorm", False), "norm-layernorm-nogain": _norm_case("layernorm", False),
+       "norm-rmsnorm-eps": _norm_case("rmsnorm", True, eps=0.3), "norm-layernorm-eps": _norm_case("layernorm", True, 0.3),
        "rope": _rope_case(), "attention": _attention_case(False), "attention-rope": _attention_case(True),
        **{f"attention-linear{r}": _attention_case(bool(r), RL.linear_attention_forward, RL.linear_attention_backward,
                                                   torch_linear_attention) for r in ("", "-rope")},
-       "mlp-gelu": _mlp_case("gelu"), "mlp-relu": _mlp_case("relu"), "cross_entropy": _cross_entropy_case(),
+       **{f"attention{b}-gqa{r}": _attention_case(bool(r), *ops_, kv=1) for r in ("", "-rope") for b, ops_ in
+          (("", (ops.attention_forward, ops.attention_backward, torch_attention)),
+           ("-linear", (RL.linear_attention_forward, RL.linear_attention_backward, torch_linear_attention)))},
+       "mlp-gelu": _mlp_case("gelu"), "mlp-relu": _mlp_case("relu"), "mlp-swiglu": _swiglu_case(),
+       "cross_entropy": _cross_entropy_case(),
        **BODY_OPS}  # an entry may carry a 4th function: the margin of its threshold decision (MoE top-k)
 
 
@@ -293,6 +313,30 @@ def test_equivalence_loops_override(backend, dtype, halt, loops):
     case = away_from_flips(cfg.replace(max_loops=loops), dtype)
     aux = check_model(backend, dtype, cfg, *case, loops=loops)
     assert aux["weights"].shape[-1] == loops
+
+
+@pytest.mark.parametrize("halt", HALT_MODES)
+@pytest.mark.parametrize("backend,dtype", backend_params(dtypes=("float64", "float32")))
+def test_equivalence_per_call_overrides(backend, dtype, halt, monkeypatch):
+    """forward(tokens, targets, overrides={"min_loops": m, "halt_penalty": p}) of a model built with min_loops=1
+    (gpu.train's depth and halt-penalty warm-ups) is the reference with cfg.replace(min_loops=m, halt_penalty=p):
+    values, aux and every gradient; the model's own config is untouched afterwards."""
+    import functools
+    over = dict(min_loops=3, halt_penalty=0.02)
+    cfg = R.LoopConfig(**{**EDGE_BASE, "halt": halt, "act_eps": 0.3})
+    case = away_from_flips(cfg.replace(**over), dtype, B=3, T=8)
+    reference_fb = R.forward_backward  # check_model's reference leg, run with the overridden config:
+    monkeypatch.setattr(R, "forward_backward", lambda p, x, y, c: reference_fb(p, x, y, c.replace(**over)))
+    monkeypatch.setattr(LoopedTransformer, "forward", functools.partialmethod(LoopedTransformer.forward,
+                                                                              overrides=over))
+    aux = check_model(backend, dtype, cfg, *case)
+    if RH.get_rule(halt).adaptive:
+        assert aux["n_steps"].min() >= 3  # the override took effect: nobody halts before step 3
+    model = LoopedTransformer(cfg)
+    model(torch.from_numpy(case[1]), torch.from_numpy(case[2]))
+    assert model.cfg is cfg and all(g.cfg is cfg for g in model.loop)
+    with pytest.raises(ValueError, match="may override only"):
+        model(torch.from_numpy(case[1]), overrides=dict(d_model=16))
 
 
 # ----------------------------------------------------------------------------- training steps

@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..layers import rope
-from .softmax_attention import SoftmaxAttention, rope_at
+from .softmax_attention import SoftmaxAttention, grouped, rope_at, split_heads
 
 
 def elu1(x):
@@ -24,10 +24,9 @@ def elu1(x):
     return torch.where(x > 0, x + 1, torch.exp(x.clamp(max=0)))
 
 
-def _features(x, w_qkv, n_head):
-    """phi(q), phi(k), v (B, H, T, hd) of x (B, T, D)."""
-    B, T, D = x.shape
-    q, k, v = F.linear(x, w_qkv).view(B, T, 3, n_head, D // n_head).permute(2, 0, 3, 1, 4)
+def _features(x, w_qkv, n_head, n_kv_head=None):
+    """phi(q) (B, H, T, hd), phi(k) and v (B, Hkv, T, hd) of x (B, T, D)."""
+    q, k, v = split_heads(F.linear(x, w_qkv), n_head, n_kv_head)
     return elu1(q), elu1(k), v
 
 
@@ -37,9 +36,12 @@ def _merge(y, w_proj):
     return F.linear(y.transpose(1, 2).reshape(B, T, H * hd), w_proj)
 
 
-def linear_attention(x, w_qkv, w_proj, n_head, rope_cs=None):
-    """Causal linear attention by prefix sums. x: (B, T, D); w_qkv: (3D, D); w_proj: (D, D); rope_cs: (cos, sin)."""
-    fq, fk, v = _features(x, w_qkv, n_head)
+def linear_attention(x, w_qkv, w_proj, n_head, rope_cs=None, n_kv_head=None):
+    """Causal linear attention by prefix sums. x: (B, T, D); w_qkv: ((H + 2 Hkv) hd, D); w_proj: (D, D);
+    rope_cs: (cos, sin); n_kv_head: Hkv key/value heads (None = H), each repeated for its H / Hkv query heads."""
+    fq, fk, v = _features(x, w_qkv, n_head, n_kv_head)
+    groups = n_head // fk.shape[1]
+    fk, v = fk.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)  # (B, H, T, hd)
     rq, rk = (rope(fq, *rope_cs), rope(fk, *rope_cs)) if rope_cs is not None else (fq, fk)
     state = torch.cumsum(rk[..., :, None] * v[..., None, :], dim=2)  # S_t (B, H, T, hd, hd)
     num = (rq[..., None, :] @ state).squeeze(-2)  # (B, H, T, hd)
@@ -48,23 +50,26 @@ def linear_attention(x, w_qkv, w_proj, n_head, rope_cs=None):
 
 
 class LinearAttention(SoftmaxAttention):
-    """The softmax body's parameters, qkv.weight (3D, D) and proj.weight (D, D), under the block's `attn.` prefix."""
+    """The softmax body's parameters, qkv.weight ((H + 2 Hkv) hd, D) and proj.weight (D, D), under the block's
+    `attn.` prefix."""
 
     def forward(self, x, rope_cs):  # (B, T, D) -> (B, T, D)
-        return linear_attention(x, self.qkv.weight, self.proj.weight, self.n_head, rope_cs)
+        return linear_attention(x, self.qkv.weight, self.proj.weight, self.n_head, rope_cs, self.n_kv_head)
 
     def project(self, x, positions, rope_cs):
-        """phi(q), phi(k), v (B, H, T, hd) of inputs x (B, T, D); unrotated (attend rotates them at their positions)."""
-        return _features(x, self.qkv.weight, self.n_head)
+        """phi(q) (B, H, T, hd), phi(k) and v (B, Hkv, T, hd) of inputs x (B, T, D); unrotated (attend rotates them
+        at their positions)."""
+        return _features(x, self.qkv.weight, self.n_head, self.n_kv_head)
 
     def attend(self, x_q, positions, k, v, rope_cs, key_positions=None):
-        """Queries from x_q (B, Tq, D) at positions (B, Tq) against features k = phi(k), v (B, H, Tk, hd) at
+        """Queries from x_q (B, Tq, D) at positions (B, Tq) against features k = phi(k), v (B, Hkv, Tk, hd) at
         key_positions (B, Tk) (default 0..Tk-1), masked to key position <= query position -> (B, Tq, D)."""
-        B = x_q.shape[0]
+        B, n_kv = x_q.shape[0], k.shape[1]
         fq, _, _ = self.project(x_q, positions, rope_cs)
         if key_positions is None:
             key_positions = torch.arange(k.shape[2], device=k.device).expand(B, -1)
-        visible = (key_positions[:, None, None, :] <= positions[:, None, :, None]).to(fq.dtype)  # (B, 1, Tq, Tk)
-        num = (rope_at(fq, rope_cs, positions) @ rope_at(k, rope_cs, key_positions).transpose(-1, -2)) * visible
-        den = ((fq @ k.transpose(-1, -2)) * visible).sum(-1, keepdim=True)
-        return _merge((num @ v) / den, self.proj.weight)
+        visible = (key_positions[:, None, None, None, :] <= positions[:, None, None, :, None]).to(fq.dtype)
+        rk = rope_at(k, rope_cs, key_positions)[:, :, None]  # (B, Hkv, 1, Tk, hd)
+        num = (grouped(rope_at(fq, rope_cs, positions), n_kv) @ rk.transpose(-1, -2)) * visible  # (B, Hkv, G, Tq, Tk)
+        den = ((grouped(fq, n_kv) @ k[:, :, None].transpose(-1, -2)) * visible).sum(-1, keepdim=True)
+        return _merge(((num @ v[:, :, None]) / den).flatten(1, 2), self.proj.weight)

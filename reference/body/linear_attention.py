@@ -8,7 +8,8 @@ backward; tests/test_bodies.py checks the prefix-sum form against it, and the to
 RoPE (rope=True) rotates the features in the numerator only, as RoFormer does for linear attention (Su et al. 2021,
 eq. 19): A_num = mask(R phi(Q) (R phi(K))^T), den = mask(phi(Q) phi(K)^T) 1, out = A_num V / den; the denominator
 stays positive. There is no 1/sqrt(d_h) scale (the normaliser makes each row scale-free).
-Parameters under PREFIX (= "<block>.attn"): the softmax body's, qkv.weight (3D, D), proj.weight (D, D).
+Grouped-query heads (n_kv_head = Hkv < H): each key/value head serves H / Hkv query heads (reference.ops.repeat_kv).
+Parameters under PREFIX (= "<block>.attn"): the softmax body's, qkv.weight ((H + 2 Hkv) hd, D), proj.weight (D, D).
 """
 from __future__ import annotations
 
@@ -24,18 +25,20 @@ def elu1(x):
     return xp.where(x > 0, x + 1.0, e), xp.where(x > 0, 1.0, e)
 
 
-def _heads(t, n_head):
-    """(B, T, 3D) -> (3, B, H, T, hd): the q, k, v of each head."""
-    B, T, D3 = t.shape
-    return t.reshape(B, T, 3, n_head, D3 // (3 * n_head)).transpose(2, 0, 3, 1, 4)
+def _heads(t, n_head, n_kv_head=None):
+    """(B, T, (H + 2 Hkv) hd) -> q (B, H, T, hd), k, v (B, Hkv, T, hd): the heads of each (ops.split_heads)."""
+    return ops.split_heads(t, n_head, n_kv_head)
 
 
-def linear_attention_forward(x, w_qkv, w_proj, n_head, rope=None):
-    """x: (B, T, D); w_qkv: (3D, D); w_proj: (D, D); rope: (cos, sin) tables or None -> (out (B, T, D), cache)."""
+def linear_attention_forward(x, w_qkv, w_proj, n_head, rope=None, n_kv_head=None):
+    """x: (B, T, D); w_qkv: ((H + 2 Hkv) hd, D); w_proj: (D, D); rope: (cos, sin) tables or None; n_kv_head: Hkv
+    (None = H) -> (out (B, T, D), cache)."""
     xp = ops.xp_of(x)
     B, T, D = x.shape
+    groups = n_head // (n_kv_head or n_head)
     qkv, c_qkv = ops.linear_forward(x, w_qkv)
-    q, k, v = _heads(qkv, n_head)  # (B, H, T, hd) each
+    q, k, v = _heads(qkv, n_head, n_kv_head)  # (B, H, T, hd), (B, Hkv, T, hd) x 2
+    k, v = ops.repeat_kv(k, groups), ops.repeat_kv(v, groups)  # (B, H, T, hd): phi is elementwise, so repeat first
     (fq, gq), (fk, gk) = elu1(q), elu1(k)
     rq, rk = (ops.rope_forward(fq, *rope), ops.rope_forward(fk, *rope)) if rope is not None else (fq, fk)
     mask = xp.tril(xp.ones((T, T), dtype=x.dtype))
@@ -43,13 +46,13 @@ def linear_attention_forward(x, w_qkv, w_proj, n_head, rope=None):
     den = xp.sum((fq @ fk.transpose(0, 1, 3, 2)) * mask, axis=-1, keepdims=True)  # (B, H, T, 1), > 0
     y = (a_num @ v) / den
     out, c_proj = ops.linear_forward(y.transpose(0, 2, 1, 3).reshape(B, T, D), w_proj)
-    return out, (c_qkv, c_proj, v, fq, fk, gq, gk, rq, rk, mask, a_num, den, y, rope, n_head)
+    return out, (c_qkv, c_proj, v, fq, fk, gq, gk, rq, rk, mask, a_num, den, y, rope, n_head, groups)
 
 
 def linear_attention_backward(dout, cache):
     """Returns (dx, dw_qkv, dw_proj)."""
     xp = ops.xp_of(dout)
-    c_qkv, c_proj, v, fq, fk, gq, gk, rq, rk, mask, a_num, den, y, rope, n_head = cache
+    c_qkv, c_proj, v, fq, fk, gq, gk, rq, rk, mask, a_num, den, y, rope, n_head, groups = cache
     B, T, D = dout.shape
     T_ = lambda t: t.transpose(0, 1, 3, 2)  # noqa: E731
     dy_flat, dw_proj = ops.linear_backward(dout, c_proj)
@@ -64,8 +67,8 @@ def linear_attention_backward(dout, cache):
     da_den = dden * mask  # every visible key j adds phi(q_t) . phi(k_j) to the denominator of row t
     dq = (drq + da_den @ fk) * gq
     dk = (drk + T_(da_den) @ fq) * gk
-    dqkv = xp.stack([dq, dk, dv]).transpose(1, 3, 0, 2, 4).reshape(B, T, 3 * D)
-    dx, dw_qkv = ops.linear_backward(dqkv, c_qkv)
+    dk, dv = ops.repeat_kv_backward(dk, groups), ops.repeat_kv_backward(dv, groups)  # (B, Hkv, T, hd)
+    dx, dw_qkv = ops.linear_backward(ops.merge_heads(dq, dk, dv), c_qkv)
     return dx, dw_qkv, dw_proj
 
 
@@ -80,8 +83,8 @@ def backward(dout, cache, grads):
 
 
 def flops(cfg, seq_len: int) -> float:
-    """Forward FLOPs per token of the recurrent form (independent of T): the projections 2 (3 D^2 + D^2), the state
-    update phi(k) v^T and the read phi(q)^T S, 2 d_h^2 each per head (4 D d_h), and the normaliser's z and
-    phi(q)^T z, 2 d_h each per head (4 D)."""
+    """Forward FLOPs per token of the recurrent form (independent of T): the projections (softmax_attention's
+    projection_flops), the state update phi(k) v^T and the read phi(q)^T S, 2 d_h^2 each per head (4 D d_h), and the
+    normaliser's z and phi(q)^T z, 2 d_h each per head (4 D)."""
     D = cfg.d_model
-    return 2 * 4 * D * D + 4 * D * cfg.head_dim + 4 * D
+    return softmax_attention.projection_flops(cfg) + 4 * D * cfg.head_dim + 4 * D

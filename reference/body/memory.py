@@ -64,10 +64,10 @@ def global_param_specs(cfg) -> dict:
 
 
 # ----------------------------------------------------------------------------- the maths
-def read_forward(q, keys, values, k_weight, k_bias, kind):
+def read_forward(q, keys, values, k_weight, k_bias, kind, eps=1e-5):
     """m = softmax(q norm_k(K)^T / sqrt(D)) V for normed queries q (B, T, D) -> (m (B, T, D), cache)."""
     xp = ops.xp_of(q)
-    kn, c_k = ops.norm_forward(keys, k_weight, k_bias, kind=kind)  # (S, D)
+    kn, c_k = ops.norm_forward(keys, k_weight, k_bias, kind=kind, eps=eps)  # (S, D)
     scores = (q @ kn.T) / math.sqrt(q.shape[-1])  # (B, T, S)
     a = xp.exp(scores - scores.max(axis=-1, keepdims=True))
     a = a / a.sum(axis=-1, keepdims=True)
@@ -84,15 +84,15 @@ def read_backward(dm, cache):
     return dscores @ kn, dkeys, xp.einsum("bts,btd->sd", a, dm), dk_weight, dk_bias
 
 
-def memory_forward(h, q_norm, gate, reads, kind):
+def memory_forward(h, q_norm, gate, reads, kind, eps=1e-5):
     """h (B, T, D); q_norm = (weight, bias or None); gate = (W_g (n, D), b_g (n,)); reads: per bank
     (keys, values, k_weight, k_bias, W_read) -> (sum_i g_i W_i m_i (B, T, D), cache)."""
     xp = ops.xp_of(h)
-    q, c_q = ops.norm_forward(h, *q_norm, kind=kind)
+    q, c_q = ops.norm_forward(h, *q_norm, kind=kind, eps=eps)
     g = 1.0 / (1.0 + xp.exp(-(h @ gate[0].T + gate[1])))  # (B, T, n)
     out, caches = xp.zeros_like(h), []
     for i, (keys, values, k_weight, k_bias, w_read) in enumerate(reads):
-        m, c_read = read_forward(q, keys, values, k_weight, k_bias, kind)
+        m, c_read = read_forward(q, keys, values, k_weight, k_bias, kind, eps)
         r, c_lin = ops.linear_forward(m, w_read)
         out = out + g[..., i, None] * r
         caches.append((r, c_read, c_lin))
@@ -122,7 +122,8 @@ def forward(params, prefix: str, h, cfg, rope=None):
     reads = [(params[f"{bank}.keys"], params[f"{bank}.values"], params[f"{bank}.k_norm.weight"],
               params.get(f"{bank}.k_norm.bias"), params[f"{proj}.weight"]) for bank, proj in banks(prefix, cfg)]
     out, cache = memory_forward(h, (params[f"{prefix}.q_norm.weight"], params.get(f"{prefix}.q_norm.bias")),
-                                (params[f"{prefix}.gate.weight"], params[f"{prefix}.gate.bias"]), reads, cfg.norm)
+                                (params[f"{prefix}.gate.weight"], params[f"{prefix}.gate.bias"]), reads, cfg.norm,
+                                cfg.norm_eps)
     return out, (prefix, banks(prefix, cfg), cache)
 
 

@@ -28,8 +28,8 @@ from .loss_terms import Record
 
 
 def expert_size(cfg) -> int:
-    """Hidden width of one expert: moe_expert_size, or by default mlp_ratio * D // k (the MLP's FLOPs per token)."""
-    return cfg.moe_expert_size or cfg.mlp_ratio * cfg.d_model // cfg.moe_top_k
+    """Hidden width of one expert: moe_expert_size, or by default the MLP's width // k (the MLP's FLOPs per token)."""
+    return cfg.moe_expert_size or cfg.ffn_width // cfg.moe_top_k
 
 
 def param_specs(prefix: str, cfg) -> dict:
