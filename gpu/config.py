@@ -51,7 +51,14 @@ class TrainConfig:
     keep_last: int = 2              # checkpoints kept on disk
     collapse_patience: int = 3      # evals in a row with halting at one end before the warning
     seed: int = 0                   # seeds the weights and the order of the training batches
-    random_loops: bool = False      # halt=fixed: draw the loop count of each step uniformly from min..max_loops
+    random_loops: bool = False      # draw each step's loop count (the most steps any token may take): random_loops_dist
+    random_loops_dist: str = "uniform"  # uniform: min_loops..R evenly | poisson: Huginn's 1 + Poisson(e^tau)
+    random_loops_mean: float = 0.0  # poisson: rbar = E[e^tau], tau ~ N(log rbar - s^2/2, s = 0.5); 0 = max_loops / 2
+    random_loops_max: int = 0       # R: the largest loop count drawn (larger draws are clipped); 0 = max_loops
+    min_loops_start: int = 0        # depth warm-up: min_loops at step 0, annealed to the model's over min_loops_warmup
+    min_loops_warmup: int = 0       # steps of the depth warm-up (each min_loops value holds an equal share of them)
+    halt_penalty_start: float = 0.0  # halt-penalty warm-up: the penalty at step 0, ramped linearly to halt_penalty
+    halt_penalty_warmup: int = 0    # steps of the halt-penalty warm-up; 0 = off (halt_penalty from step 0)
     ignore_topics: str = ""         # comma list of topic names whose targets the loss skips (tasks: "prompt")
     fsdp: bool = False              # with torchrun: shard parameters with FSDP instead of DDP
     tensorboard: bool = False       # also write TensorBoard scalars (needs the tensorboard package)
@@ -65,9 +72,11 @@ class TrainConfig:
         for name in ("batch_size", "grad_accum", "max_steps", "eval_every", "eval_batches", "log_every",
                      "ckpt_every", "keep_last", "collapse_patience"):
             _check(self, name, getattr(self, name) >= 1, "an int >= 1")
-        for name in ("seq_len", "warmup", "threads", "seed", "resume_from"):
+        for name in ("seq_len", "warmup", "threads", "seed", "resume_from", "random_loops_max", "min_loops_start",
+                     "min_loops_warmup", "halt_penalty_warmup"):
             _check(self, name, getattr(self, name) >= 0, "an int >= 0")
-        for name in ("lr", "min_lr_ratio", "weight_decay", "beta1", "beta2", "grad_clip"):
+        for name in ("lr", "min_lr_ratio", "weight_decay", "beta1", "beta2", "grad_clip", "random_loops_mean",
+                     "halt_penalty_start"):
             _check(self, name, math.isfinite(getattr(self, name)), "a finite number (not nan or inf)")
         _check(self, "lr", self.lr > 0, "a number > 0")
         _check(self, "min_lr_ratio", 0 <= self.min_lr_ratio <= 1, "a number in [0, 1]")
@@ -75,6 +84,7 @@ class TrainConfig:
             _check(self, name, 0 <= getattr(self, name) < 1, "a number in [0, 1)")
         for name in ("weight_decay", "grad_clip"):
             _check(self, name, getattr(self, name) >= 0, "a number >= 0 (0 = off)")
+        _check_schedules(self)
         _check(self, "dtype", self.dtype in ("float32", "bfloat16", "float64"), "float32, bfloat16 or float64")
         _check(self, "device", re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device) is not None,
                "auto, cpu, cuda or cuda:N")
@@ -96,6 +106,26 @@ class TrainConfig:
 RESUMABLE_CHANGES = {"out", "device", "compile", "threads", "max_steps", "eval_every", "log_every", "ckpt_every", "keep_last",
                      "collapse_patience", "tensorboard", "resume", "resume_from", "overwrite", "progress",
                      "eval_batches"}
+
+
+RANDOM_LOOPS_DISTS = ("uniform", "poisson")  # gpu/train/schedule.py draws them
+
+
+def _check_schedules(tc: TrainConfig) -> None:
+    """The warm-up and random-depth fields: in range, and none set where it would have no effect (the checks against
+    the model config are gpu.train.schedule.check_schedules')."""
+    _check(tc, "random_loops_dist", tc.random_loops_dist in RANDOM_LOOPS_DISTS, f"one of {RANDOM_LOOPS_DISTS}")
+    _check(tc, "random_loops_mean", tc.random_loops_mean >= 0, "a number >= 0 (0 = max_loops / 2)")
+    _check(tc, "halt_penalty_start", tc.halt_penalty_start >= 0, "a number >= 0")
+    if not tc.random_loops:
+        for name, off in (("random_loops_dist", "uniform"), ("random_loops_mean", 0), ("random_loops_max", 0)):
+            _check(tc, name, getattr(tc, name) == off, f"{off!r}: it has no effect without --random-loops")
+    _check(tc, "random_loops_mean", tc.random_loops_dist == "poisson" or tc.random_loops_mean == 0,
+           "0 with --random-loops-dist=uniform (rbar is the poisson draw's mean)")
+    _check(tc, "min_loops_warmup", (tc.min_loops_warmup > 0) == (tc.min_loops_start > 0),
+           "an int >= 1 with --min-loops-start, and 0 without it (the two set the depth warm-up together)")
+    _check(tc, "halt_penalty_start", tc.halt_penalty_warmup > 0 or tc.halt_penalty_start == 0,
+           "0 without --halt-penalty-warmup (the steps over which the penalty ramps from it)")
 
 
 def _check(obj, name: str, ok: bool, accepted: str) -> None:

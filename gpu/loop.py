@@ -51,12 +51,14 @@ class LoopGroup(nn.Module):
             return torch.zeros(s.shape[:2], dtype=s.dtype, device=s.device)
         return self.halt(s)
 
-    def forward(self, blocks, e, rope_cs, loops: int | None = None, step_sites=None):
+    def forward(self, blocks, e, rope_cs, loops: int | None = None, step_sites=None, cfg=None):
         """e: (B, T, D) -> (o (B, T, D), aux of (B, T[, K]) tensors). loops: max_loops for this call (None = cfg's).
-        step_sites: step k -> one gpu.cache.Site per block, when decoding with a key/value cache."""
-        K = self.cfg.max_loops if loops is None else loops
-        states, signals, deltas = self.run_steps(self, blocks, e, rope_cs, K, step_sites)
-        res = self.rule.resolve(signals, deltas, self.cfg)
+        step_sites: step k -> one gpu.cache.Site per block, when decoding with a key/value cache.
+        cfg: this call's config (LoopedTransformer.call_config: per-call min_loops, halt_penalty); None = self.cfg."""
+        cfg = self.cfg if cfg is None else cfg
+        K = cfg.max_loops if loops is None else loops
+        states, signals, deltas = self.run_with(cfg, blocks, e, rope_cs, K, step_sites)
+        res = self.rule.resolve(signals, deltas, cfg)
         o = sum(res.weights[..., k, None] * s_k for k, s_k in enumerate(states))  # (B, T, D)
         aux = dict(weights=res.weights, n_steps=res.n_steps, remainder=res.remainder, ponder_cost=res.ponder_cost,
                    kl=res.kl, halt_margin=res.margin, halt_probs=signals, deltas=deltas,
@@ -64,3 +66,15 @@ class LoopGroup(nn.Module):
         if self.rule.expected_exit_loss:
             aux["states"] = torch.stack(states, dim=2)  # (B, T, K, D): the loss reads every exit step's logits
         return o, aux
+
+    def run_with(self, cfg, blocks, e, rope_cs, K, step_sites):
+        """The executor's steps under `cfg`: the executor and `signal` read self.cfg, so a per-call config is set
+        for the duration of the steps and restored after (no swap, and nothing for torch.compile to trace, when
+        the call uses the group's own config)."""
+        if cfg is self.cfg:
+            return self.run_steps(self, blocks, e, rope_cs, K, step_sites)
+        saved, self.cfg = self.cfg, cfg
+        try:
+            return self.run_steps(self, blocks, e, rope_cs, K, step_sites)
+        finally:
+            self.cfg = saved

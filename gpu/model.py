@@ -25,6 +25,8 @@ from .halting import get_rule
 from .layers import Norm, rope_tables
 from .loop import LoopGroup
 
+PER_CALL_FIELDS = ("min_loops", "halt_penalty")  # what forward(..., overrides=) may change: no parameter depends on it
+
 class LoopedTransformer(nn.Module):
     """The whole model. forward(tokens, targets=None) -> (logits (B, T, V), loss or None, aux).
 
@@ -48,17 +50,19 @@ class LoopedTransformer(nn.Module):
         self.core = nn.ModuleList(Block(cfg, core=True, shared=self.memory) for _ in range(cfg.n_layer))
         self.coda = nn.ModuleList(Block(cfg) for _ in range(cfg.n_coda))
         self.loop = nn.ModuleList(LoopGroup(cfg, executor) for _ in range(cfg.n_groups))
-        self.norm_f = Norm(D, cfg.norm)
+        self.norm_f = Norm(D, cfg.norm, cfg.norm_eps)
         self.lm_head = None if cfg.tie_embeddings else nn.Linear(D, V, bias=False)
         if seed is not None:
             self.load_reference(init_params(cfg, seed, dtype="float32"))
 
-    def forward(self, tokens, targets=None, loops: int | None = None, cache=None):
+    def forward(self, tokens, targets=None, loops: int | None = None, cache=None, overrides: dict | None = None):
         """loops: run every loop group up to this many steps instead of cfg.max_loops (the same weights; equal to
         the reference with cfg.replace(max_loops=loops)). Training with --random-loops draws it per step.
         cache: a gpu.cache.KVCache holding the keys/values of the positions before `tokens` (decoding): the tokens
-        sit at positions cache.length.., attend to the cached ones, and are added to the cache."""
-        cfg = self.cfg
+        sit at positions cache.length.., attend to the cached ones, and are added to the cache.
+        overrides: this call's values of fields that change no parameter (PER_CALL_FIELDS), e.g. {"min_loops": 3}:
+        equal to the reference with cfg.replace(**overrides). gpu.train's depth and halt-penalty warm-ups use it."""
+        cfg = self.call_config(overrides)
         if loops is not None and loops < cfg.min_loops:
             raise ValueError(f"loops={loops} is below min_loops={cfg.min_loops}; pass loops >= min_loops")
         tokens = _as_tensor(tokens, self.embed.weight.device)
@@ -84,7 +88,7 @@ class LoopedTransformer(nn.Module):
         for g, group in enumerate(self.loop):
             idx = cfg.group_blocks(g)
             step_sites = None if cache is None else (lambda k, idx=idx: [site(f"core.{i}.step{k}") for i in idx])
-            x, aux_g = group([self.core[i] for i in idx], x, rope_cs, loops, step_sites)
+            x, aux_g = group([self.core[i] for i in idx], x, rope_cs, loops, step_sites, cfg)
             group_aux.append(aux_g)
         logits = self.head(x, rope_cs, site)
         if cache is not None:
@@ -97,7 +101,17 @@ class LoopedTransformer(nn.Module):
             ce = self.expected_exit_ce(group_aux[0]["states"], aux["exit_probs"][:, :, 0], targets, rope_cs)
         else:
             ce = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-1)
-        return logits, self.loss(ce, aux) + sum(terms.values()), aux
+        return logits, self.loss(ce, aux, cfg) + sum(terms.values()), aux
+
+    def call_config(self, overrides: dict | None) -> LoopConfig:
+        """The config of one call: self.cfg with `overrides` (only PER_CALL_FIELDS; ValueError naming the others)."""
+        if not overrides:
+            return self.cfg
+        unknown = sorted(set(overrides) - set(PER_CALL_FIELDS))
+        if unknown:
+            raise ValueError(f"overrides {unknown}: a call may override only {PER_CALL_FIELDS} (fields that change "
+                             f"no parameter); build another model for other fields")
+        return self.cfg.replace(**overrides)
 
     def head(self, x, rope_cs, site=lambda name: None):
         """coda blocks -> final norm -> logits (reference/head.py): (B, T, D) -> (B, T, V)."""
@@ -114,9 +128,11 @@ class LoopedTransformer(nn.Module):
             total = total + (exit_probs[..., n].flatten() * nll).sum()  # nll = 0 at ignored targets
         return total / (targets != -1).sum()
 
-    def loss(self, ce, aux):
-        """ce + the halting rule's terms, coefficient * mean aux entry (reference.model.halting_loss_terms)."""
-        for key, coef in get_rule(self.cfg.halt).loss_weights(self.cfg).items():
+    def loss(self, ce, aux, cfg: LoopConfig | None = None):
+        """ce + the halting rule's terms, coefficient * mean aux entry (reference.model.halting_loss_terms); cfg: the
+        call's config (default self.cfg)."""
+        cfg = cfg or self.cfg
+        for key, coef in get_rule(cfg.halt).loss_weights(cfg).items():
             ce = ce + coef * aux[key].mean()
         return ce
 

@@ -235,7 +235,7 @@ train --max-loops=0 | train --max-loops=0 | 2 | --max-loops=0 is invalid
 train --n-head=3 | train --n-head=3 | 2 | --n-head=3 is invalid: expected a divisor of d_model=32
 train --seq-len beyond the context | train --seq-len=64 | 2 | --seq-len=64 exceeds the model's block_size=32
 train --vocab-size too small | train --vocab-size=100 | 2 | --vocab-size=100 is smaller than the tokenizer's
-train --random-loops with ACT | train --random-loops | 2 | --random-loops needs --halt=fixed
+train --min-loops-start with fixed halting | train --halt=fixed --min-loops-start=2 --min-loops-warmup=5 | 2 | min_loops changes nothing
 train unknown --ignore-topics | train --ignore-topics=nosuch | 2 | ['nosuch'] are not topics of
 train --resume with --overwrite | train --resume --overwrite | 2 | --resume and --overwrite contradict
 train --data missing | train --data={tmp}/nope | 2 | is not a folder

@@ -134,24 +134,6 @@ def test_resume_is_bit_identical(tmp_path):
     assert [r["loss"] for r in resumed] == [r["loss"] for r in full]  # bit-identical, not merely close
 
 
-def test_random_loops_varies_depth_per_step_and_resumes_exactly(tmp_path):
-    """--random-loops (halt=fixed): each step runs a depth drawn from min..max_loops; resume replays the draws."""
-    fixed = dict(halt="fixed", max_loops=4)
-    tc_full, _ = small_run(tmp_path / "full", max_steps=8, ckpt_every=4, eval_every=4, random_loops=True)
-    mc = get_preset("tiny", **SMALL_MODEL, **fixed)
-    run(tc_full, mc)
-    depths = [r["mean_depth"] for r in read_metrics(tc_full.out)]
-    assert set(depths) <= {1.0, 2.0, 3.0, 4.0} and len(set(depths)) >= 2, depths
-    assert [r["mean_depth"] for r in read_metrics(tc_full.out, "eval")] == [4.0, 4.0]  # eval at max_loops
-    tc_half, _ = small_run(tmp_path / "half", max_steps=4, ckpt_every=4, eval_every=4, random_loops=True)
-    run(tc_half, mc)
-    run(TrainConfig(**{**tc_half.to_dict(), "max_steps": 8, "resume": True}), mc)
-    resumed = read_metrics(tc_half.out)
-    assert [r["loss"] for r in resumed] == [r["loss"] for r in read_metrics(tc_full.out)]
-    with pytest.raises(ValueError, match="--random-loops needs --halt=fixed"):
-        run(small_run(tmp_path / "act", random_loops=True)[0], get_preset("tiny", **SMALL_MODEL))
-
-
 def test_resume_refuses_an_incompatible_config(tmp_path):
     tc, mc = small_run(tmp_path / "run", max_steps=3)
     run(tc, mc)
@@ -214,8 +196,8 @@ def test_nan_loss_stops_with_the_last_good_checkpoint(tmp_path, monkeypatch, cap
         model = real(params, cfg)
         forward, calls = model.forward, [0]
 
-        def forward_with_nan(tokens, targets=None, loops=None):
-            logits, loss, aux = forward(tokens, targets, loops)
+        def forward_with_nan(tokens, targets=None, **call):
+            logits, loss, aux = forward(tokens, targets, **call)
             calls[0] += 1
             return logits, (loss * float("nan") if calls[0] == 5 else loss), aux  # the 5th training step
 

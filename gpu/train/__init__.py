@@ -10,6 +10,7 @@ run folder (--out): config.json, metrics.jsonl, checkpoints/step-*/, report.md (
 One module per concern: `device` (process group, device, threads, autocast), `data` (splits, scored targets,
 batches), `build` (model and optimizer), `distributed` (DDP/FSDP), `rundir` (the run folder: refusal, --overwrite,
 adopting saved settings on --resume), `resume` (start state, checkpoint fall-back, saving), `loop` (the steps),
+`schedule` (per-step depth and halt-penalty warm-ups, random depth),
 `signals` (SIGTERM/SIGINT: finish the step, save, stop), `progress` (bar or plain lines), `evaluate`, `metrics`
 (metrics.jsonl, TensorBoard), `report` (report.md), and `runner`, which composes them (`run`) and wraps them in
 the command line (`main`).

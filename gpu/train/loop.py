@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from reference.halting import get_rule
 from reference.optim import lr_at
 
 from ..config import TrainConfig
@@ -22,6 +21,7 @@ from .evaluate import evaluate
 from .metrics import Recorder
 from .progress import Progress
 from .resume import TrainingDiverged, diverged_advice, save  # noqa: F401 (TrainingDiverged: gpu.train's)
+from .schedule import Schedule
 from .signals import StopSignals
 
 
@@ -37,16 +37,11 @@ class Session:
     seq_len: int
     trainee: Trainee
     rng: np.random.Generator        # draws the batches (and --random-loops depths); saved in checkpoints
+    schedule: Schedule              # per-step warm-ups and loop counts (gpu/train/schedule.py)
     stop: StopSignals = field(default_factory=StopSignals)
     collapse_streak: int = 0
     last_eval: dict | None = None
     clock: dict = field(default_factory=dict)  # t0 and the step the throughput window starts at
-
-
-def check_random_loops(tc: TrainConfig, mc) -> None:
-    """--random-loops draws the depth itself, which only a rule without a halting decision leaves open."""
-    if tc.random_loops and get_rule(mc.halt).adaptive:
-        raise ValueError(f"--random-loops needs --halt=fixed (halt={mc.halt!r} already chooses each token's depth)")
 
 
 def due(done: int, every: int, max_steps: int) -> bool:
@@ -64,9 +59,9 @@ def train_loop(s: Session, start_step: int, rec: Recorder) -> dict | None:
     s.stop.in_loop = True
     try:
         for step in range(start_step, tc.max_steps):
-            lr, loss, depth = optimizer_step(s, step)
+            lr, loss, depth, extra = optimizer_step(s, step)
             done = step + 1
-            progress.update(done, loss, depth, lr, log_train(s, rec, done, lr, loss, depth))
+            progress.update(done, loss, depth, lr, log_train(s, rec, done, lr, loss, depth, extra))
             if due(done, tc.eval_every, tc.max_steps):
                 eval_step(s, rec, progress, done)
             saved = save_step(s, done) if due(done, tc.ckpt_every, tc.max_steps) else None
@@ -86,16 +81,17 @@ def save_step(s: Session, done: int) -> str:
     return save(t.raw_model, t.model, s.mc, t.optimizer, s.rng, s.tc, done, s.dist)
 
 
-def optimizer_step(s: Session, step: int) -> tuple[float, float, float]:
+def optimizer_step(s: Session, step: int) -> tuple[float, float, float, dict]:
     """One optimizer step (0-based `step`): (learning rate, train loss and mean depth, both averaged over the
-    micro-batches and processes). Raises TrainingDiverged before updating on a non-finite loss."""
+    micro-batches and processes, and the schedule's values for the train record). Raises TrainingDiverged before
+    updating on a non-finite loss."""
     tc, optimizer = s.tc, s.trainee.optimizer
     lr = lr_at(step, tc.lr, tc.warmup, tc.max_steps, tc.min_lr_ratio)
     for group in optimizer.param_groups:
         group["lr"] = lr
     # --random-loops: one depth per optimizer step from the shared rng (the same on every rank; resumes exactly)
-    loops = int(s.rng.integers(s.mc.min_loops, s.mc.max_loops + 1)) if tc.random_loops else None
-    loss_sum, depth_sum = accumulate_gradients(s, loops)
+    loops = s.schedule.draw_loops(s.rng, step)
+    loss_sum, depth_sum = accumulate_gradients(s, dict(loops=loops, overrides=s.schedule.overrides(step)))
     if tc.grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(s.trainee.model.parameters(), tc.grad_clip)
     train_loss = s.dist.mean(loss_sum)
@@ -104,19 +100,20 @@ def optimizer_step(s: Session, step: int) -> tuple[float, float, float]:
                                + diverged_advice(tc.out))
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return lr, train_loss, s.dist.mean(depth_sum)
+    return lr, train_loss, s.dist.mean(depth_sum), s.schedule.record(step, loops)
 
 
-def accumulate_gradients(s: Session, loops: int | None) -> tuple[float, float]:
+def accumulate_gradients(s: Session, call: dict) -> tuple[float, float]:
     """Backward over grad_accum micro-batches, each loss divided by grad_accum, so the gradient is the one of their
-    mean (= of one batch grad_accum times larger). Returns (mean loss, mean depth) of this process."""
+    mean (= of one batch grad_accum times larger); `call`: the schedule's keyword arguments of every model call
+    (loops, overrides). Returns (mean loss, mean depth) of this process."""
     tc, model = s.tc, s.trainee.model
     loss_sum, depth_sum = 0.0, 0.0
     for micro in range(tc.grad_accum):
         x, y, _ = sample_global_batch(s.data, "train", tc.batch_size, s.seq_len, s.rng, s.dist)
         xt, yt = torch.from_numpy(x).to(s.device), torch.from_numpy(y).to(s.device)
         with accumulation_context(model, tc, s.dist, micro), autocast(tc.dtype, s.device):
-            _, loss, aux = model(xt, yt, loops=loops)
+            _, loss, aux = model(xt, yt, **call)
             (loss / tc.grad_accum).backward()
         loss_sum += float(loss.detach()) / tc.grad_accum
         depth_sum += float(aux["n_steps"].float().mean()) / tc.grad_accum
@@ -129,10 +126,11 @@ def tokens_per_s(s: Session, done: int) -> float:
     return (done - s.clock["start"]) * tokens_per_step / max(time.time() - s.clock["t0"], 1e-9)
 
 
-def log_train(s: Session, rec: Recorder, done: int, lr: float, loss: float, depth: float) -> float:
-    """A train record every log_every steps and at the last (rank 0); returns the throughput for the bar."""
+def log_train(s: Session, rec: Recorder, done: int, lr: float, loss: float, depth: float, extra: dict) -> float:
+    """A train record every log_every steps and at the last (rank 0), with `extra` (the step's drawn loop count and
+    warmed-up values); returns the throughput for the bar."""
     if s.dist.main and due(done, s.tc.log_every, s.tc.max_steps):
-        rec.record("train", done, loss=loss, lr=lr, mean_depth=depth, tokens_per_s=tokens_per_s(s, done))
+        rec.record("train", done, loss=loss, lr=lr, mean_depth=depth, tokens_per_s=tokens_per_s(s, done), **extra)
     return tokens_per_s(s, done)
 
 

@@ -9,10 +9,11 @@ from ..config import TrainConfig, parse_command
 from .build import build
 from .data import fit_vocab, load_data, training_seq_len
 from .device import Dist, device_kind, setup_device
-from .loop import Session, check_random_loops, train_loop
+from .loop import Session, train_loop
 from .metrics import Recorder
 from .report import banner, finish
 from .resume import start_state
+from .schedule import Schedule, check_schedules
 from .rundir import adopt_saved, prepare_run_dir, write_config
 from .signals import StopSignals
 
@@ -40,14 +41,14 @@ def _run(tc: TrainConfig, mc, explicit: set, explicit_train: set | None, dist: D
     data = load_data(tc)
     mc = fit_vocab(mc, explicit, int(data["meta"]["vocab_size"]))
     seq_len = training_seq_len(tc, mc)
-    check_random_loops(tc, mc)
+    check_schedules(tc, mc)
     prepare_run_dir(tc, mc, dist)
     start = start_state(tc, mc, dist)
     write_config(tc, mc, dist)
     trainee = build(start.params, start.opt_state, mc, tc, device, dist)
     if dist.main:
         print(banner(tc, mc, seq_len, device, dist.world, start.step if start.checkpoint else None), flush=True)
-    session = Session(tc, mc, dist, device, data, seq_len, trainee, start.rng, stop)
+    session = Session(tc, mc, dist, device, data, seq_len, trainee, start.rng, Schedule(tc, mc), stop)
     rec = Recorder(tc.out, dist.main, start.step if tc.resume else None, tc.tensorboard, start.set_aside)
     try:
         last_eval = train_loop(session, start.step, rec)

@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
 import numpy as np
 
 from reference.accounting import flops_per_token, iso_flop_dense, param_counts
 from reference.config import LoopConfig, dense_variant
 
-from .stats import markdown_table
+from ..stats import markdown_table
 
 
 def models(d_model=64, n_head=4, block_size=64, n_prelude=1, n_layer=1, n_coda=1, loops=4, halt="fixed",
@@ -40,7 +39,7 @@ def models(d_model=64, n_head=4, block_size=64, n_prelude=1, n_layer=1, n_coda=1
 
 def _finished(run_dir, tc_dict, mc_dict) -> dict | None:
     """The last eval record of a finished run with exactly these configs, else None."""
-    from .cli import read_json
+    from ..cli import read_json
     path = os.path.join(run_dir, "config.json")
     if not os.path.isfile(path):
         return None
@@ -56,7 +55,7 @@ def _finished(run_dir, tc_dict, mc_dict) -> dict | None:
 
 def eval_curve(run_dir) -> list[dict]:
     """The eval records of a run's metrics.jsonl (a torn last line, from a killed run, is skipped)."""
-    from .train.metrics import split_records
+    from ..train.metrics import split_records
     lines, _ = split_records(os.path.join(run_dir, "metrics.jsonl"), 2 ** 62)
     return [r for r in map(json.loads, lines) if r.get("type") == "eval"]
 
@@ -64,10 +63,10 @@ def eval_curve(run_dir) -> list[dict]:
 def iso_flop(out: str, looped_steps: int = 1500, batch_size: int = 16, lr: float = 3e-3, data: str = "bundled",
              seeds=(0,), eval_points: int = 5, progress: bool = True, **model_kw) -> dict:
     """Train the three models at equal training FLOPs (see the module docstring) and write the comparison."""
-    from .config import TrainConfig
-    from .data import load_manifest
-    from .probe import resolve_data
-    from .train import run
+    from ..config import TrainConfig
+    from ..data import load_manifest
+    from ..probe import resolve_data
+    from ..train import run
     cfgs = models(**model_kw)
     vocab = int(load_manifest(resolve_data(data))["vocab_size"])
     cfgs = {k: c.replace(vocab_size=vocab) for k, c in cfgs.items()}
@@ -110,7 +109,7 @@ def iso_flop(out: str, looped_steps: int = 1500, batch_size: int = 16, lr: float
           + ("\nShare of the dense-1x -> dense-Kx gap closed by the looped model: "
              + (f"**{closed:.2f}**" if gap > 0 else "undefined: dense-Kx is not better than dense-1x at this budget")
              + ".\n"))
-    from .analyze import _plt, write_outputs
+    from ..analyze import _plt, write_outputs
     fig, ax = _plt().subplots(figsize=(6.5, 3.8))
     colours = {"looped": "#c44e52", "dense-1x": "#4c72b0", "dense-Kx": "#55a868"}
     for (name, seed), pts in curves.items():
@@ -123,47 +122,3 @@ def iso_flop(out: str, looped_steps: int = 1500, batch_size: int = 16, lr: float
     fig.tight_layout()
     paths = write_outputs(out, "iso_flop", {"": rows, "summary": [summary]}, md, fig)
     return dict(rows=rows, summary=summary, md=md, paths=paths)
-
-
-def check_args(a, seeds: tuple) -> None:
-    """ValueError naming the flag for a value iso-flop cannot run with."""
-    from .cli import check_float, check_int, check_option
-    check_option("--seeds", a.seeds, bool(seeds) and min(seeds) >= 0, "a comma list of integers >= 0, e.g. 0,1,2")
-    for flag in ("--looped-steps", "--batch-size", "--eval-points", "--d-model", "--n-head", "--block-size",
-                 "--n-layer", "--loops"):
-        check_int(flag, getattr(a, flag[2:].replace("-", "_")), 1)
-    for flag in ("--n-prelude", "--n-coda"):
-        check_int(flag, getattr(a, flag[2:].replace("-", "_")), 0)
-    check_float("--lr", a.lr, 0, open_low=True)
-
-
-def main(argv=None) -> int:
-    from .cli import command_parser, print_result
-    ap, sub = command_parser("python -m gpu.experiments", __doc__)
-    p = sub.add_parser("iso-flop", help="looped vs dense-1x vs dense-Kx at equal training FLOPs")
-    p.add_argument("--out", default="runs/iso-flop")
-    p.add_argument("--data", default="bundled")
-    p.add_argument("--looped-steps", type=int, default=1500, help="steps of the looped model (sets the budget)")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--seeds", default="0", help="comma list")
-    p.add_argument("--eval-points", type=int, default=5, help="evaluations along each run")
-    for name, default in (("d_model", 64), ("n_head", 4), ("block_size", 64), ("n_prelude", 1), ("n_layer", 1),
-                          ("n_coda", 1), ("loops", 4)):
-        p.add_argument(f"--{name.replace('_', '-')}", type=int, default=default)
-    p.add_argument("--halt", default="fixed", help="halting of the looped model (FLOPs are counted at full depth)")
-    p.add_argument("--no-progress", action="store_true")
-    a = ap.parse_args(argv)
-    try:
-        seeds = tuple(int(s) for s in a.seeds.split(",") if s.strip())
-    except ValueError:
-        seeds = ()
-    checks = lambda: check_args(a, seeds)  # noqa: E731
-    return print_result(lambda: checks() or iso_flop(a.out, a.looped_steps, a.batch_size, a.lr, a.data, seeds, a.eval_points,
-                                         not a.no_progress, d_model=a.d_model, n_head=a.n_head,
-                                         block_size=a.block_size, n_prelude=a.n_prelude, n_layer=a.n_layer,
-                                         n_coda=a.n_coda, loops=a.loops, halt=a.halt))
-
-
-if __name__ == "__main__":
-    sys.exit(main())
