@@ -60,6 +60,7 @@ class TrainConfig:
     halt_penalty_start: float = 0.0  # halt-penalty warm-up: the penalty at step 0, ramped linearly to halt_penalty
     halt_penalty_warmup: int = 0    # steps of the halt-penalty warm-up; 0 = off (halt_penalty from step 0)
     ignore_topics: str = ""         # comma list of topic names whose targets the loss skips (tasks: "prompt")
+    init_from: str = ""             # start from these weights: a gpu.convert retrofit/from-hf folder, an HF Llama folder, a run or .safetensors (model flags may change only the loop's knobs)
     fsdp: bool = False              # with torchrun: shard parameters with FSDP instead of DDP
     tensorboard: bool = False       # also write TensorBoard scalars (needs the tensorboard package)
     resume: bool = False            # continue the run in `out` (its saved settings) from its newest intact checkpoint

@@ -374,3 +374,28 @@ def test_bench_rejects_zero_steps(capsys):
     from gpu import bench
     assert bench.main(["train", "--steps", "0"]) == 2
     assert capsys.readouterr().err == "error: --steps=0: expected an int >= 1\n"
+
+
+def test_init_from_a_retrofit_trains_from_its_weights(tmp_path):
+    """`gpu.train --init-from` a retrofit folder: the architecture comes from the file, loop flags may change, the
+    run's first weights are the file's (not the seeded init), and a flag that changes the architecture is named."""
+    from gpu.convert import load_init
+    from gpu.convert.__main__ import main as convert_main
+    from reference.config import dense_variant
+    from reference.weights import save_params
+    dense = dense_variant(reference.LoopConfig(vocab_size=2048, block_size=16, d_model=16, n_head=2), 3)
+    save_params(tmp_path / "dense.safetensors", reference.init_params(dense, 5), dense)
+    retro = tmp_path / "retro"
+    assert convert_main(["retrofit", str(tmp_path / "dense.safetensors"), str(retro), "--prelude", "1",
+                         "--core", "1:2", "--coda", "1", "--max-loops", "2", "--halt", "act"]) == 0
+    run = tmp_path / "run"
+    args = ["--init-from", str(retro), "--out", str(run), "--max-steps", "1", "--batch-size", "2", "--eval-every", "1",
+            "--eval-batches", "1", "--no-progress", "--max-loops", "3", "--lr", "1e-12", "--warmup", "0"]
+    assert main(args) == 0
+    saved = json.loads((run / "config.json").read_text())["model"]
+    assert saved["d_model"] == 16 and saved["max_loops"] == 3 and saved["halt"] == "act"
+    params = ckpt.load_checkpoint(ckpt.latest_checkpoint(run))[0]
+    start = load_init(retro, reference.LoopConfig.from_dict(saved))
+    for name in start:  # one step at lr 1e-12: still the file's weights, not a fresh random init
+        np.testing.assert_allclose(params[name], start[name], atol=1e-6, err_msg=name)
+    assert main(args[:3] + [str(tmp_path / "run2"), "--d-model", "32", "--no-progress"]) == 2

@@ -98,6 +98,9 @@ def start_state(tc: TrainConfig, mc, dist: Dist) -> StartState:
         if path and loaded is None:
             loaded = ckpt.load_checkpoint(path, mc)
     if not path:
+        if tc.init_from:  # retrofit / converted / another run's weights instead of a random init
+            from ..convert import load_init
+            return StartState(load_init(tc.init_from, mc), None, 0, rng, None, aside)
         return StartState(reference.init_params(mc, tc.seed, "float32"), None, 0, rng, None, aside)
     params, _, opt_state, state = loaded
     rng.bit_generator.state = state["rng"]

@@ -39,6 +39,11 @@ def _run(tc: TrainConfig, mc, explicit: set, explicit_train: set | None, dist: D
         explicit = explicit | {"vocab_size"}  # the run's own vocabulary
     device = setup_device(tc.device, tc.threads, dist)
     data = load_data(tc)
+    if tc.init_from and not tc.resume:  # the architecture is the file's; flags given change the loop's knobs
+        from ..convert import init_config
+        base = init_config(tc.init_from)
+        mc = base.replace(**{k: getattr(mc, k) for k in explicit})
+        explicit = explicit | {"vocab_size"}  # the file's vocabulary: load_init names a mismatch with the data's
     mc = fit_vocab(mc, explicit, int(data["meta"]["vocab_size"]))
     seq_len = training_seq_len(tc, mc)
     check_schedules(tc, mc)
