@@ -340,7 +340,11 @@ def test_equivalence_per_call_overrides(backend, dtype, halt, monkeypatch):
 
 
 # ----------------------------------------------------------------------------- training steps
-STEPS, LR, BETAS, EPS, WD, CLIP = 10, 1e-2, (0.9, 0.95), 1e-8, 0.1, 1.0
+# EPS: Adam moves a weight by lr * m / (sqrt(v) + eps); a gradient that is zero in exact arithmetic but computed as
+# rounding noise (~1e-17, e.g. the key weights of linear attention on some 2-token batches) moves it by lr * noise /
+# eps. With eps = 1e-8 that is 1e-11 (lr / eps = 1e6 times the noise) and the two backends' noise differ; with 1e-4
+# it is 1e-15, below what the comparison resolves. The optimizer's maths under test is the same either way.
+STEPS, LR, BETAS, EPS, WD, CLIP = 10, 1e-2, (0.9, 0.95), 1e-4, 0.1, 1.0
 
 
 def train_reference(params, batches, cfg, dtype, xp=np):
@@ -386,9 +390,6 @@ def test_equivalence_adamw_losses(backend, dtype, data):
     """The losses (and clipped gradient norms, and final weights) of 10 AdamW steps: reference.optim.AdamW +
     clip_grad_norm vs torch.optim.AdamW + clip_grad_norm_ (or the reference optimizer on CuPy)."""
     cfg, params, tokens, _ = data.draw(model_cases(dtype))
-    # linear attention at T = 1 is out = v whatever q and k: their weights' gradient is exactly 0, which each backend
-    # computes as a cancellation (~1e-17) that Adam's eps-normalised step turns into ~1e-11 moves: no comparison
-    assume(not (cfg.attention == "linear" and tokens.shape[1] == 1))
     seed = data.draw(st.integers(0, 2 ** 20))
     batches = [random_batch(cfg, seed + i, *tokens.shape) for i in range(STEPS)]
     params = round_to(params, dtype)
