@@ -1,12 +1,11 @@
-"""Plotting helpers shared by the analyses: matplotlib without a display, hex colours from a colormap, and text laid
+"""Plotting helpers shared by the analyses: pyplot on first use, hex colours from a colormap, and text laid
 out as coloured monospace boxes (the PNG of a depth map)."""
 from __future__ import annotations
 
 
 def pyplot():
-    """matplotlib.pyplot on the Agg backend (no display needed); imported on first use."""
-    import matplotlib
-    matplotlib.use("Agg")
+    """matplotlib.pyplot, imported on first use. The backend is left to matplotlib (Agg where there is no display,
+    the inline backend in a notebook): forcing Agg here would silence a notebook's own plt.show() afterwards."""
     import matplotlib.pyplot as plt
     return plt
 

@@ -14,9 +14,7 @@ from .data import scored_tokens
 def depth_histogram_png(hist: list[int], title: str) -> bytes | None:
     """A bar chart of how many tokens halted at each step, as PNG bytes (None without matplotlib)."""
     try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        import matplotlib.pyplot as plt  # the backend is matplotlib's choice (Agg without a display)
     except ImportError:
         return None
     fig, ax = plt.subplots(figsize=(5, 3))
