@@ -23,6 +23,10 @@ per-token difficulty measures ({split}.difficulty.{name}.bin, uint8, NA=255 off 
     parity    "10110=1"          parity of n bits. measures: length (= n), ones.
     phop      "3:abcabd...=c"    p-hop induction (Sanford et al. 2024): from the last symbol, p times jump to the
               token after the previous occurrence of the current token; answer = the token reached. measures: hops.
+    chain     "c=a:a=7:b=2|c?7b?2"  multi-query variable chasing: `queries` chains, each a digit bound to a
+              variable and d - 1 more variables bound each to the one before (d uniform in 1..p), statements
+              shuffled, then every chain's last variable queried. Each answer digit needs d sequential lookups, so
+              depth can vary per token inside one sequence. measures: hops (= d, on the answer digits).
 
     python -m gpu.tasks make addition --out runs/tasks/addition            # the data folder
     python -m gpu.tasks train addition --out runs/addition                 # make (if needed) + train the preset
@@ -147,6 +151,22 @@ def phop_problem(rng, hops: int, length: int = 24, alphabet: int = 6):
             return f"{hops}:{seq}=", ans, dict(hops=[hops])
 
 
+def chain_problem(rng, hops: int, queries: int = 4):
+    """Multi-query variable chasing (see the module docstring); the query letters and '?' are prompt tokens."""
+    if queries * hops > len(PHOP_ALPHABET):
+        raise ValueError(f"chain: {queries} queries x {hops} hops need more than {len(PHOP_ALPHABET)} variable "
+                         f"names: lower --max-size to <= {len(PHOP_ALPHABET) // queries}")
+    names, stmts, asked = list(rng.permutation(list(PHOP_ALPHABET))), [], []
+    for d in rng.integers(1, hops + 1, queries):
+        chain, value = [names.pop() for _ in range(d)], str(rng.integers(0, 10))
+        stmts += [f"{chain[0]}={value}"] + [f"{chain[j]}={chain[j - 1]}" for j in range(1, d)]
+        asked.append((chain[-1], value, int(d)))
+    prompt = ":".join(stmts[i] for i in rng.permutation(len(stmts))) + "|"
+    asked = [asked[i] for i in rng.permutation(queries)]
+    answer = "".join(f"{name}?{value}" for name, value, _ in asked)
+    return prompt, answer, dict(hops=[v for _, _, d in asked for v in (None, None, d)])
+
+
 # name -> (problem function, the argument drawn per problem, the measure that labels answer tokens, defaults)
 TASKS = {
     "addition": dict(fn=addition_problem, label="carry_chain", short="carry", size_arg="n",
@@ -155,6 +175,8 @@ TASKS = {
                    defaults=dict(min_size=2, max_size=16)),
     "phop": dict(fn=phop_problem, label="hops", short="hop", size_arg="hops",
                  defaults=dict(min_size=1, max_size=4)),
+    "chain": dict(fn=chain_problem, label="hops", short="hop", size_arg="hops",
+                  defaults=dict(min_size=4, max_size=4)),
 }
 
 
@@ -181,15 +203,17 @@ def label_names(task: str, max_value: int) -> list[str]:
 
 def encode_problems(probs, task: str, names: list[str]):
     """Token ids, label ids and measures of a list of problems, end to end (each followed by EOT).
+    A measure value None marks an answer-side token that is not an answer (chain's query letters): label prompt, NA.
     Returns (tokens (N,) uint16, labels (N,) uint8, {measure: (N,) uint8 with NA off the answers})."""
     label_measure, short = TASKS[task]["label"], TASKS[task]["short"]
     index = {n: i for i, n in enumerate(names)}
     toks, labs, meas = [], [], {k: [] for k in probs[0][2]}
     for prompt, answer, m in probs:
         toks += encode(prompt + answer) + [0]
-        labs += [index["prompt"]] * len(prompt) + [index[f"{short}{v}"] for v in m[label_measure]] + [index["end"]]
+        labs += [index["prompt"]] * len(prompt) + [index["prompt" if v is None else f"{short}{v}"]
+                                                     for v in m[label_measure]] + [index["end"]]
         for k in meas:
-            meas[k] += [NA] * len(prompt) + [min(int(v), NA - 1) for v in m[k]] + [NA]
+            meas[k] += [NA] * len(prompt) + [NA if v is None else min(int(v), NA - 1) for v in m[k]] + [NA]
     return (np.asarray(toks, np.uint16), np.asarray(labs, np.uint8),
             {k: np.asarray(v, np.uint8) for k, v in meas.items()})
 
@@ -215,7 +239,7 @@ def write_task(task: str, out: str, n_train: int = 50000, n_val: int = 2000, see
         kw.setdefault("width", max_size if max_size is not None else spec["defaults"]["max_size"])
     splits = {s: problems(task, n, seed * 1000 + SPLIT_SEED[s], min_size, max_size, **kw)
               for s, n in (("train", n_train), ("val", n_val))}
-    max_value = max(v for probs in splits.values() for p in probs for v in p[2][spec["label"]])
+    max_value = max(v for probs in splits.values() for p in probs for v in p[2][spec["label"]] if v is not None)
     names = label_names(task, max_value)
     with atomic_folder(out, overwrite=replace) as tmp:
         counts = {}
@@ -270,6 +294,9 @@ PRESETS = {
     "phop": dict(model=dict(d_model=64, n_head=4, block_size=64, n_prelude=1, n_layer=1, n_coda=1, max_loops=6),
                  train=dict(max_steps=3000, batch_size=32, lr=3e-3, warmup=100, eval_every=500,
                             ckpt_every=500, weight_decay=0.0)),
+    "chain": dict(model=dict(d_model=64, n_head=4, block_size=128, n_prelude=1, n_layer=1, n_coda=1, max_loops=8),
+                  train=dict(max_steps=3000, batch_size=32, lr=3e-3, warmup=100, eval_every=500,
+                             ckpt_every=500, weight_decay=0.0)),
 }
 
 

@@ -279,6 +279,27 @@ def test_difficulty(runs):
         analyze.difficulty(runs["addition"], windows=4, progress=False, where="carry=1")
 
 
+def test_dense_loss(runs, tmp_path):
+    looped_dir = train(tmp_path / "looped", halt_bias_init=0.0)  # measured: its tokens take 2 or 3 steps
+    dense = train(tmp_path / "dense", n_prelude=0, n_layer=2, n_coda=0, max_loops=1, halt="fixed", loop_scope="layer",
+                  input_injection="none")
+    res = analyze.dense_loss(looped_dir, dense, windows=8, n_boot=20, progress=False)
+    assert_outputs(looped_dir, "dense_loss", ("", "by_quintile"))
+    looped, base = probe.load_run(looped_dir), probe.load_run(dense)
+    ev = probe.eval_windows(looped.data_dir, "val", 8, looped.cfg.block_size)
+    depth = probe.collect(looped.params, looped.cfg, ev.x, ev.y)["depth"]
+    loss = probe.collect(base.params, base.cfg, ev.x, ev.y)["loss"]
+    row = next(r for r in res["rhos"] if r["depth"] == "N")
+    expect = stats.spearman(depth.ravel(), loss.ravel())[0]
+    assert len(np.unique(depth)) > 1 and np.isfinite(expect)  # the depth varies: rho is defined
+    assert row["tokens"] == depth.size and row["rho"] == pytest.approx(expect)
+    assert sum(b["tokens"] for b in res["per_quintile"]) == depth.size
+    assert [b["dense_loss_mean"] for b in res["per_quintile"]] == sorted(b["dense_loss_mean"]
+                                                                         for b in res["per_quintile"])
+    with pytest.raises(ValueError, match="same tokenizer"):
+        analyze.dense_loss(looped_dir, runs["addition"], windows=2, progress=False)
+
+
 def test_cli_writes_and_prints(runs, capsys):
     assert analyze.main(["extrapolate", runs["fixed"], "--loops", "1,2", "--windows", "2", "--no-progress"]) == 0
     assert "Test-time depth extrapolation" in capsys.readouterr().out

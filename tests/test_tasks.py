@@ -106,6 +106,46 @@ def test_parity_and_phop_answers():
     assert tasks.phop_answer("abcd", 1) is None
 
 
+def resolve_chain(prompt: str, name: str) -> tuple[str, int]:
+    """(value, lookups) of variable `name` in a chain prompt, by walking the bindings by hand."""
+    bindings = dict(s.split("=") for s in prompt[:-1].split(":"))
+    lookups = 0
+    while not name.isdigit():
+        name, lookups = bindings[name], lookups + 1
+    return name, lookups
+
+
+def test_chain_answers_and_per_answer_hops():
+    rng = np.random.default_rng(5)
+    for _ in range(200):
+        hops = int(rng.integers(1, 7))
+        prompt, answer, m = tasks.chain_problem(rng, hops)
+        assert prompt.endswith("|") and len(answer) == 3 * 4 and len(m["hops"]) == len(answer)
+        lhs = [s.split("=")[0] for s in prompt[:-1].split(":")]
+        assert len(lhs) == len(set(lhs))  # every variable bound once
+        for q in range(4):
+            name, sep, value = answer[3 * q: 3 * q + 3]
+            assert sep == "?" and m["hops"][3 * q: 3 * q + 2] == [None, None]
+            assert resolve_chain(prompt, name) == (value, m["hops"][3 * q + 2])
+            assert 1 <= m["hops"][3 * q + 2] <= hops
+    with pytest.raises(ValueError, match="max-size"):
+        tasks.chain_problem(rng, 7)  # 4 x 7 names > 26 letters
+
+
+def test_chain_folder_labels_only_the_answer_digits(tmp_path):
+    out = str(tmp_path / "chain")
+    tasks.write_task("chain", out, n_train=20, n_val=10, seed=1, min_size=1, max_size=3)
+    names = topic_names(out)
+    assert names == ["prompt", "end", "hop0", "hop1", "hop2", "hop3"]
+    tokens, topics, _ = load_split(out, "val")
+    hops = np.memmap(tasks.measure_path(out, "val", "hops"), dtype=np.uint8, mode="r")
+    tok = load_tokenizer(out)
+    text = [tok.decode([int(t)]) for t in tokens]  # one string per token
+    answer_digits = [i for i, n in enumerate(topics) if names[n].startswith("hop")]
+    assert answer_digits and all(text[i].isdigit() and text[i - 1] == "?" for i in answer_digits)
+    assert all(hops[i] != tasks.NA for i in answer_digits) and int((hops != tasks.NA).sum()) == len(answer_digits)
+
+
 @pytest.mark.parametrize("task", sorted(tasks.TASKS))
 def test_generators_are_seeded(task):
     a = tasks.problems(task, 50, seed=7)

@@ -13,6 +13,7 @@ NAME.csv (+ NAME_*.csv), NAME.md (the tables, also printed) and NAME.png.
                      every forced depth 1..K
     extrapolate      --loops 1..3K: loss/accuracy at forced test-time depths beyond training, and a sweep of the
                      halting threshold (act_eps; converge_tol for converge halting)
+    dense-loss       --dense RUN: Spearman rho of realized depth vs a dense baseline's per-token loss on the same text
     difficulty       synthetic task runs (gpu.tasks): Spearman rho of realized depth vs ground-truth difficulty
 
 Depth of a token = the loop steps N spent at its position (averaged over loop groups for layer scope). The label of
@@ -30,6 +31,7 @@ from .calibration import calibration, thinking_rates
 from .cli import build_parser, main
 from .convergence import convergence
 from .depth_by_topic import depth_by_topic, group_depth_table, token_classes
+from .dense_loss import dense_loss
 from .depth_map import depth_map
 from .difficulty import difficulty, parse_where
 from .extrapolate import extrapolate, parse_loops

@@ -9,6 +9,7 @@ import sys
 from ..cli import check_float, check_int, check_option, command_parser, print_result, read_json, read_text, run_command
 from .calibration import calibration
 from .convergence import convergence
+from .dense_loss import dense_loss
 from .depth_by_topic import depth_by_topic
 from .depth_map import depth_map
 from .difficulty import difficulty
@@ -44,6 +45,9 @@ def build_parser():
     p = add("extrapolate", "loss/accuracy vs test-time loops and halting threshold", 128)
     p.add_argument("--loops", default="1..3K", help="A..B or a comma list; K = the run's max_loops")
     p.add_argument("--thresholds", default=None, help="comma list of act_eps (or converge_tol) values")
+    p = add("dense-loss", "Spearman rho of depth vs a dense baseline's per-token loss", 256)
+    p.add_argument("--dense", required=True, help="run folder of a dense model on the same tokenizer")
+    p.add_argument("--boot", type=int, default=300, help="bootstrap resamples")
     p = add("difficulty", "Spearman rho of depth vs ground-truth difficulty (synthetic tasks)", 512)
     p.add_argument("--boot", type=int, default=300, help="bootstrap resamples")
     p.add_argument("--where", default=None, help="MEASURE=VALUE: only answer tokens with this value, e.g. "
@@ -89,5 +93,6 @@ def main(argv=None) -> int:
                 "convergence": lambda: convergence(a.run, loops=a.loops, lipschitz_iters=a.lipschitz_iters, **common),
                 "calibration": lambda: calibration(a.run, tol=a.tol, **common),
                 "extrapolate": lambda: extrapolate(a.run, loops=a.loops, thresholds=a.thresholds, **common),
+                "dense-loss": lambda: dense_loss(a.run, a.dense, n_boot=a.boot, **common),
                 "difficulty": lambda: difficulty(a.run, n_boot=a.boot, where=a.where, **common)}
     return print_result(commands[a.cmd])
