@@ -376,7 +376,7 @@ def test_bench_rejects_zero_steps(capsys):
     assert capsys.readouterr().err == "error: --steps=0: expected an int >= 1\n"
 
 
-def test_init_from_a_retrofit_trains_from_its_weights(tmp_path):
+def test_init_from_a_retrofit_trains_from_its_weights(tmp_path, capsys):
     """`gpu.train --init-from` a retrofit folder: the architecture comes from the file, loop flags may change, the
     run's first weights are the file's (not the seeded init), and a flag that changes the architecture is named."""
     from gpu.convert import load_init
@@ -392,6 +392,7 @@ def test_init_from_a_retrofit_trains_from_its_weights(tmp_path):
     args = ["--init-from", str(retro), "--out", str(run), "--max-steps", "1", "--batch-size", "2", "--eval-every", "1",
             "--eval-batches", "1", "--no-progress", "--max-loops", "3", "--lr", "1e-12", "--warmup", "0"]
     assert main(args) == 0
+    assert f"adaloop: from {retro} halt=act" in capsys.readouterr().out  # the banner names the source, not a preset
     saved = json.loads((run / "config.json").read_text())["model"]
     assert saved["d_model"] == 16 and saved["max_loops"] == 3 and saved["halt"] == "act"
     params = ckpt.load_checkpoint(ckpt.latest_checkpoint(run))[0]

@@ -67,7 +67,8 @@ def write_report(run_dir, mc, tc, ev: dict, unigram: float, counts: dict, flops_
 def banner(tc, mc, seq_len: int, device, world: int, resumed_at: int | None) -> str:
     """The line a run starts with: preset, halting, size, FLOPs per token, device, and where it resumes."""
     counts = param_counts(mc)
-    return (f"adaloop: {tc.preset} halt={mc.halt} scope={mc.loop_scope} max_loops={mc.max_loops} | "
+    origin = f"from {tc.init_from}" if tc.init_from else tc.preset  # --init-from: the file's architecture, not a preset
+    return (f"adaloop: {origin} halt={mc.halt} scope={mc.loop_scope} max_loops={mc.max_loops} | "
             f"{counts['unique'] / 1e6:.2f}M params ({counts['non_embedding'] / 1e6:.2f}M non-embedding) | "
             f"{flops_per_token(mc, seq_len=seq_len) / 1e6:.1f} MFLOP/token (train, full depth) | "
             f"device={device} dtype={tc.dtype} world={world}"
