@@ -1,6 +1,9 @@
 """Benchmarks (commands, not tests): `python -m gpu.bench train --preset looped-100m --device cuda`.
 
-Prints tokens/s, achieved FLOP/s at the realized depth and MFU against a stated peak. On the CPU it also
+`python -m gpu.bench adaptive` measures whether adaptive depth pays (gpu/bench_adaptive.py: compaction, its overhead,
+cached generation, adaptive vs fixed depth in generation) and prints the rows of docs/benchmarks.md.
+
+`train` prints tokens/s, achieved FLOP/s at the realized depth and MFU against a stated peak. On the CPU it also
 times the numpy reference's training step on the same config and batch, in the same run, and prints the
 ratio (timings on a shared machine are noisy: compare ratios measured side by side, not absolute times).
 """
@@ -112,6 +115,26 @@ def bench_train(args):
               f"(same config and batch, measured in this run)")
 
 
+def bench_adaptive(args):
+    """gpu/bench_adaptive.py's measurements, printed as the rows of docs/benchmarks.md, with the command."""
+    for flag, value, least in (("--d-model", args.d_model, 1), ("--seq-len", args.seq_len, 1),
+                               ("--batch-size", args.batch_size, 1), ("--max-loops", args.max_loops, 2),
+                               ("--new-tokens", args.new_tokens, 1), ("--gen-batch", args.gen_batch, 1),
+                               ("--repeats", args.repeats, 1), ("--gen-repeats", args.gen_repeats, 1),
+                               ("--threads", args.threads, 1)):
+        check_int(flag, value, least)
+    from .bench_adaptive import markdown, run_all
+    device = resolve_device(args.device)
+    t0 = time.perf_counter()
+    res = run_all(threads=args.threads, d_model=args.d_model, seq_len=args.seq_len, batch=args.batch_size,
+                  max_loops=args.max_loops, new_tokens=args.new_tokens, gen_batch=args.gen_batch,
+                  repeats=args.repeats, gen_repeats=args.gen_repeats, device=device)
+    print(f"device: {device_peak(device)[0]} | torch {torch.__version__} | {args.threads} thread(s) | "
+          f"{time.perf_counter() - t0:.0f} s")
+    print(markdown(res))
+    return res
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m gpu.bench", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -130,8 +153,19 @@ def main(argv=None) -> int:
     t.add_argument("--ref-steps", type=int, default=3, help="numpy reference steps timed on CPU")
     t.add_argument("--skip-reference", action="store_true")
     t.add_argument("--peak-flops", type=float, default=None, help="peak FLOP/s for the MFU (default: known GPUs)")
+    a = sub.add_parser("adaptive", help="does adaptive depth pay? (compaction, overhead, generation)")
+    a.add_argument("--d-model", type=int, default=256)
+    a.add_argument("--seq-len", type=int, default=256, help="training sequence of the compaction runs")
+    a.add_argument("--batch-size", type=int, default=4, help="training batch of the compaction runs")
+    a.add_argument("--max-loops", type=int, default=4)
+    a.add_argument("--new-tokens", type=int, default=256, help="tokens generated per generation run")
+    a.add_argument("--gen-batch", type=int, default=8, help="batch of the adaptive vs fixed generation")
+    a.add_argument("--repeats", type=int, default=5, help="interleaved repeats of the training steps")
+    a.add_argument("--gen-repeats", type=int, default=3, help="interleaved repeats of the generation runs")
+    a.add_argument("--threads", type=int, default=1)
+    a.add_argument("--device", default="cpu")
     args = ap.parse_args(argv)
-    return run_command(lambda: bench_train(args))
+    return run_command(lambda: bench_train(args) if args.what == "train" else bench_adaptive(args))
 
 
 if __name__ == "__main__":

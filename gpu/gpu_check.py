@@ -14,7 +14,6 @@ exits 0. The device machine installs nothing: `make gpu-deps` puts the pure-Pyth
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys

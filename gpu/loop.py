@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from reference.loop import HELD_FROM
+
 from .executors import get_executor
 from .halting import get_rule
 
@@ -39,6 +41,20 @@ class LoopGroup(nn.Module):
         for i, block in enumerate(blocks):
             y = block(y, rope_cs, None if sites is None else sites[i])
         return y - x
+
+    def step_frozen(self, blocks, s, e, rope_cs, held, kvs, sites=None):
+        """step() under halted_kv="frozen": at the blocks from reference.loop.HELD_FROM on, the positions `held` (B, T)
+        supply the keys/values kvs[i] = (k, v) held from an earlier step (None: nothing held yet). -> (r (B, T, D),
+        the keys/values each of those blocks used, None at the others). sites: as in step()."""
+        x = self.inject_input(s, e)
+        y, used = x, [None] * len(blocks)
+        for i, block in enumerate(blocks):
+            site = None if sites is None else sites[i]
+            if i < HELD_FROM:
+                y = block(y, rope_cs, site)
+            else:
+                y, used[i] = block.forward_held(y, rope_cs, held, kvs[i], site)
+        return y - x, used
 
     def inject_input(self, s, e):
         """x = inject(s, e): none: s; add: s + e; concat: W_inj [s; e] (Huginn). (B, T, D) -> (B, T, D)."""
@@ -70,11 +86,14 @@ class LoopGroup(nn.Module):
     def run_with(self, cfg, blocks, e, rope_cs, K, step_sites):
         """The executor's steps under `cfg`: the executor and `signal` read self.cfg, so a per-call config is set
         for the duration of the steps and restored after (no swap, and nothing for torch.compile to trace, when
-        the call uses the group's own config)."""
+        the call uses the group's own config). Decoding with a key/value cache (step_sites) runs
+        gpu/executors/decode.py, whatever the executor: a halted token then costs (almost) nothing."""
+        from .executors.decode import run_decode
+        run = self.run_steps if step_sites is None else run_decode
         if cfg is self.cfg:
-            return self.run_steps(self, blocks, e, rope_cs, K, step_sites)
+            return run(self, blocks, e, rope_cs, K, step_sites)
         saved, self.cfg = self.cfg, cfg
         try:
-            return self.run_steps(self, blocks, e, rope_cs, K, step_sites)
+            return run(self, blocks, e, rope_cs, K, step_sites)
         finally:
             self.cfg = saved

@@ -284,20 +284,15 @@ def load_measures(data_dir, split: str) -> dict[str, np.memmap]:
 # only size, loops and schedule are set, so the presets say nothing about which halting setting "works". The loss
 # scores every token; --ignore-topics=prompt scores only the answers (measured on addition: with the default
 # halting it collapses depth to ~1 step and gets fewer answers right, 91.9% vs 98.4%; see docs/results.md).
-PRESETS = {
-    "addition": dict(model=dict(d_model=64, n_head=4, block_size=64, n_prelude=1, n_layer=1, n_coda=1, max_loops=6),
-                     train=dict(max_steps=3000, batch_size=32, lr=3e-3, warmup=100, eval_every=500,
-                                ckpt_every=500, weight_decay=0.0)),
-    "parity": dict(model=dict(d_model=64, n_head=4, block_size=64, n_prelude=1, n_layer=1, n_coda=1, max_loops=6),
-                   train=dict(max_steps=3000, batch_size=32, lr=3e-3, warmup=100, eval_every=500,
-                              ckpt_every=500, weight_decay=0.0)),
-    "phop": dict(model=dict(d_model=64, n_head=4, block_size=64, n_prelude=1, n_layer=1, n_coda=1, max_loops=6),
-                 train=dict(max_steps=3000, batch_size=32, lr=3e-3, warmup=100, eval_every=500,
-                            ckpt_every=500, weight_decay=0.0)),
-    "chain": dict(model=dict(d_model=64, n_head=4, block_size=128, n_prelude=1, n_layer=1, n_coda=1, max_loops=8),
-                  train=dict(max_steps=3000, batch_size=32, lr=3e-3, warmup=100, eval_every=500,
-                             ckpt_every=500, weight_decay=0.0)),
-}
+def _preset(block_size: int = 64, max_loops: int = 6) -> dict:
+    return dict(model=dict(d_model=64, n_head=4, block_size=block_size, n_prelude=1, n_layer=1, n_coda=1,
+                           max_loops=max_loops),
+                train=dict(max_steps=3000, batch_size=32, lr=3e-3, warmup=100, eval_every=500, ckpt_every=500,
+                           weight_decay=0.0))
+
+
+PRESETS = {"addition": _preset(), "parity": _preset(), "phop": _preset(),
+           "chain": _preset(block_size=128, max_loops=8)}  # a chain problem is ~55 tokens, up to 4 lookups deep
 
 
 def train_args(task: str, data: str, out: str) -> list[str]:

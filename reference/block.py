@@ -12,7 +12,7 @@ from .body import get_attention, get_ffn, get_memory
 from .params import ParamSpec, add_grad, constant
 
 __all__ = ["block_param_specs", "block_forward", "block_backward", "stack_forward", "stack_backward", "add_grad",
-           "add_norm_grads", "norm_param_specs", "norm_params", "block_records"]
+           "add_norm_grads", "norm_param_specs", "norm_params", "block_records", "kv_input"]
 
 
 def norm_param_specs(name: str, cfg) -> dict[str, ParamSpec]:
@@ -46,11 +46,23 @@ def add_norm_grads(grads, name, dweight, dbias):
     add_grad(grads, f"{name}.bias", dbias)
 
 
-def block_forward(params, prefix, x, cfg, rope):
-    """x: (B, T, D) -> (B, T, D)."""
+def block_forward(params, prefix, x, cfg, rope, kv=None):
+    """x: (B, T, D) -> (B, T, D). kv: None, or (held (B, T) bool, held_in (B, T, D) or None, const (B, T) bool) in a
+    loop step under halted_kv="frozen": the positions `held` supply the keys/values of the attention inputs held_in
+    instead of their own (their queries stay their own); `const` marks those held from a step that truncated backprop
+    holds constant (keys/values that pass no gradient). The attention inputs the keys/values came from, a_kv
+    (B, T, D), stay in the cache (kv_input) for the next step to hold."""
     attention, ffn = get_attention(cfg), get_ffn(cfg)
     a_in, c_n1 = ops.norm_forward(x, *norm_params(params, f"{prefix}.attn_norm"), kind=cfg.norm, eps=cfg.norm_eps)
-    a, c_att = attention.forward(params, f"{prefix}.attn", a_in, cfg, rope)
+    c_kv = None
+    if kv is None or kv[1] is None or not bool(kv[0].any()):
+        a, c_att = attention.forward(params, f"{prefix}.attn", a_in, cfg, rope)
+        c_kv = None if kv is None else (kv[0], a_in, False)
+    else:
+        held, held_in, const = kv
+        a_kv = ops.xp_of(x).where(held[..., None], held_in, a_in)  # (B, T, D)
+        a, c_att = attention.forward(params, f"{prefix}.attn", a_in, cfg, rope, x_kv=a_kv, kv_const=const)
+        c_kv = (held, a_kv, True)
     x1 = x + a
     m_in, c_n2 = ops.norm_forward(x1, *norm_params(params, f"{prefix}.mlp_norm"), kind=cfg.norm, eps=cfg.norm_eps)
     m, c_ffn = ffn.forward(params, f"{prefix}.mlp", m_in, cfg, rope)
@@ -58,12 +70,19 @@ def block_forward(params, prefix, x, cfg, rope):
     if memory:
         r, c_mem = memory.forward(params, f"{prefix}.mem", x2, cfg, rope)
         x2 = x2 + r
-    return x2, (prefix, attention, ffn, memory, c_n1, c_att, c_n2, c_ffn, c_mem)
+    return x2, (prefix, attention, ffn, memory, c_n1, c_att, c_n2, c_ffn, c_mem, c_kv)
 
 
-def block_backward(dout, cache, grads):
-    """Adds the block's weight gradients to `grads`; returns dx (B, T, D)."""
-    prefix, attention, ffn, memory, c_n1, c_att, c_n2, c_ffn, c_mem = cache
+def kv_input(cache):
+    """a_kv (B, T, D) of a block call made with kv (block_forward), else None."""
+    return None if cache[-1] is None else cache[-1][1]
+
+
+def block_backward(dout, cache, grads, dheld=None):
+    """Adds the block's weight gradients to `grads`; returns dx (B, T, D). For a call made with kv: dheld (B, T, D) or
+    None is the gradient of its a_kv from the later steps that held it, and it returns (dx, dheld_in): held rows pass
+    their gradient on to held_in, the others to their own attention input."""
+    prefix, attention, ffn, memory, c_n1, c_att, c_n2, c_ffn, c_mem, c_kv = cache
     if memory:
         dout = dout + memory.backward(dout, c_mem, grads)
     dm_in = ffn.backward(dout, c_ffn, grads)
@@ -71,28 +90,46 @@ def block_backward(dout, cache, grads):
     add_norm_grads(grads, f"{prefix}.mlp_norm", dw, db)
     dx1 = dout + dx1_n
     da_in = attention.backward(dx1, c_att, grads)
+    dheld_in = None
+    if c_kv is not None:
+        held, _, split = c_kv
+        xp = ops.xp_of(dout)
+        da_in, da_kv = da_in if split else (da_in, xp.zeros_like(da_in))
+        da_kv = da_kv if dheld is None else da_kv + dheld  # d a_kv: this step's attention and the later holders
+        da_in = da_in + xp.where(held[..., None], 0.0, da_kv)
+        dheld_in = xp.where(held[..., None], da_kv, 0.0)
     dx_n, dw, db = ops.norm_backward(da_in, c_n1)
     add_norm_grads(grads, f"{prefix}.attn_norm", dw, db)
-    return dx1 + dx_n
+    return dx1 + dx_n if c_kv is None else (dx1 + dx_n, dheld_in)
 
 
 def block_records(cache):
     """(body prefix, body, Record) of this block call's bodies that add a loss term (reference/body/loss_terms.py)."""
-    prefix, attention, ffn, memory, _, c_att, _, c_ffn, c_mem = cache
+    prefix, attention, ffn, memory, _, c_att, _, c_ffn, c_mem, _ = cache
     return [(f"{prefix}.{name}", body, body.record(c)) for name, body, c in
             (("attn", attention, c_att), ("mlp", ffn, c_ffn), ("mem", memory, c_mem)) if hasattr(body, "record")]
 
 
-def stack_forward(params, prefixes, x, cfg, rope):
-    """Apply blocks in order: the body of a prelude, a coda, or one loop step of a core group."""
+def stack_forward(params, prefixes, x, cfg, rope, kvs=None):
+    """Apply blocks in order: the body of a prelude, a coda, or one loop step of a core group. kvs: one block_forward
+    kv per block (halted_kv="frozen"), or None."""
     caches = []
-    for prefix in prefixes:
-        x, c = block_forward(params, prefix, x, cfg, rope)
+    for i, prefix in enumerate(prefixes):
+        x, c = block_forward(params, prefix, x, cfg, rope, None if kvs is None else kvs[i])
         caches.append(c)
     return x, caches
 
 
-def stack_backward(dout, caches, grads):
-    for c in reversed(caches):
-        dout = block_backward(dout, c, grads)
-    return dout
+def stack_backward(dout, caches, grads, dhelds=None):
+    """dx; with dhelds (one block_backward dheld per block, for a stack run with kvs): (dx, the dheld_in per block)."""
+    if dhelds is None:
+        for c in reversed(caches):
+            dout = block_backward(dout, c, grads)
+        return dout
+    dprev = [None] * len(caches)
+    for i in reversed(range(len(caches))):
+        if caches[i][-1] is None:
+            dout = block_backward(dout, caches[i], grads)
+        else:
+            dout, dprev[i] = block_backward(dout, caches[i], grads, dhelds[i])
+    return dout, dprev

@@ -20,6 +20,7 @@ FFN_BODIES = tuple(FFNS)
 INJECTIONS = ("none", "add", "concat")
 NORMS = ("rmsnorm", "layernorm")
 ACTIVATIONS = ("gelu", "relu", "swiglu")
+HALTED_KV = ("live", "frozen")
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,8 @@ class LoopConfig:
     input_injection: str = "none"  # feed the loop input e into every step: none | add | concat
     step_scale_init: float = 0.1   # gamma of s_k = s_{k-1} + gamma * r(x_k); near zero = near-identity loops
     backprop_loops: int = 0        # truncated backprop through depth: gradients flow through the last k steps only (0 = all)
+    halted_kv: str = "live"        # a halted token's keys/values at blocks 2.. of its group: live (recomputed each step) |
+    #                                frozen (those of the step after its exit, held; reference/loop.py)
     # halting
     halt: str = "act"              # halting rule: fixed | act | pondernet | converge | exit_gate
     act_eps: float = 0.01          # ACT halts once the cumulative halting sum reaches 1 - eps (PonderNet: survival <= eps)
@@ -159,7 +162,7 @@ def _validate(c: LoopConfig) -> None:
     registered = (("halt", tuple(RULES)), ("attention", tuple(ATTENTIONS)), ("ffn", tuple(FFNS)),  # read live
                   ("memory", MEMORY_MODES))
     for name, options in (("loop_scope", LOOP_SCOPES), ("input_injection", INJECTIONS), ("norm", NORMS),
-                          ("activation", ACTIVATIONS), *registered):
+                          ("activation", ACTIVATIONS), ("halted_kv", HALTED_KV), *registered):
         if getattr(c, name) not in options:
             _fail(name, getattr(c, name), f"one of {options}")
     if not 0 < c.act_eps < 1:

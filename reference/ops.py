@@ -179,7 +179,7 @@ def attention_forward(x, w_qkv, w_proj, n_head, rope=None, n_kv_head=None):
     rope: (cos, sin) tables or None; n_kv_head: Hkv key/value heads, each shared by H / Hkv query heads (None = H).
     """
     xp = xp_of(x)
-    B, T, D = x.shape
+    (B, T, _), D = x.shape, w_proj.shape[0]  # D from w_proj: x may carry more inputs (softmax_attention's x_kv)
     hd = D // n_head
     groups = n_head // (n_kv_head or n_head)
     qkv, c_qkv = linear_forward(x, w_qkv)  # (B, T, (H + 2 Hkv) hd)

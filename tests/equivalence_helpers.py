@@ -235,3 +235,21 @@ def aux_margin(aux) -> float:
 def min_margin(params, tokens, cfg) -> float:
     _, aux = R.forward(params, tokens, cfg)
     return aux_margin(aux)
+
+
+def assert_compiled_matches_eager(params, cfg, tokens, targets):
+    """torch.compile(fullgraph=True, backend='eager': dynamo's graph capture without code generation, fast on a CPU)
+    of the model computes the eager forward, N(t) and every gradient (float64)."""
+    import torch
+    from gpu.model import from_reference
+    tokens, targets = torch.from_numpy(tokens), torch.from_numpy(targets)
+    eager, compiled = from_reference(params, cfg), from_reference(params, cfg)
+    torch._dynamo.reset()
+    (l_e, loss_e, aux_e), (l_c, loss_c, aux_c) = eager(tokens, targets), torch.compile(
+        compiled, fullgraph=True, backend="eager")(tokens, targets)
+    loss_e.backward(), loss_c.backward()
+    assert torch.equal(aux_e["n_steps"], aux_c["n_steps"])
+    assert_close(to_numpy(l_c), to_numpy(l_e), "float64", "compiled logits")
+    for (name, p_e), p_c in zip(eager.named_parameters(), compiled.parameters()):
+        if p_e.grad is not None:
+            assert_close(to_numpy(p_c.grad), to_numpy(p_e.grad), "float64", f"compiled d {name}")

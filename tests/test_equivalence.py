@@ -13,9 +13,8 @@ import torch
 from hypothesis import assume, given, settings, strategies as st
 
 import reference as R
-from equivalence_helpers import (TOLERANCES, TORCH_DTYPES, assert_close, autocast, aux_margin, backend_params, configs,
-                                 min_margin,
-                                 model_cases, perturbed_params, random_batch, round_to, run_model, storage_dtype,
+from equivalence_helpers import (TOLERANCES, TORCH_DTYPES, assert_close, assert_compiled_matches_eager, autocast,
+                                 aux_margin, backend_params, configs, min_margin, model_cases, perturbed_params, random_batch, round_to, run_model, storage_dtype,
                                  to_numpy, torch_device)
 from gpu import halting as GH
 from gpu import layers as L
@@ -492,17 +491,7 @@ def test_equivalence_compiled(halt):
     N(t) and gradients (backend='eager': dynamo's graph capture without code generation, fast on a CPU)."""
     cfg = R.LoopConfig(**{**EDGE_BASE, "halt": halt, "input_injection": "concat"})
     params, tokens, targets = away_from_flips(cfg, "float64")
-    tokens, targets = torch.from_numpy(tokens), torch.from_numpy(targets)
-    eager, compiled = from_reference(params, cfg), from_reference(params, cfg)
-    torch._dynamo.reset()
-    (l_e, loss_e, aux_e), (l_c, loss_c, aux_c) = eager(tokens, targets), torch.compile(
-        compiled, fullgraph=True, backend="eager")(tokens, targets)
-    loss_e.backward(), loss_c.backward()
-    assert torch.equal(aux_e["n_steps"], aux_c["n_steps"])
-    assert_close(to_numpy(l_c), to_numpy(l_e), "float64", "compiled logits")
-    for (name, p_e), p_c in zip(eager.named_parameters(), compiled.parameters()):
-        if p_e.grad is not None:
-            assert_close(to_numpy(p_c.grad), to_numpy(p_e.grad), "float64", f"compiled d {name}")
+    assert_compiled_matches_eager(params, cfg, tokens, targets)
 
 
 @pytest.mark.parametrize("backprop_loops", [1, 2])

@@ -11,7 +11,6 @@ them at their positions.
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 from ..layers import rope
@@ -61,14 +60,18 @@ class LinearAttention(SoftmaxAttention):
         at their positions)."""
         return _features(x, self.qkv.weight, self.n_head, self.n_kv_head)
 
-    def attend(self, x_q, positions, k, v, rope_cs, key_positions=None):
+    def attend(self, x_q, positions, k, v, rope_cs, key_positions=None, key_mask=None, q=None):
         """Queries from x_q (B, Tq, D) at positions (B, Tq) against features k = phi(k), v (B, Hkv, Tk, hd) at
-        key_positions (B, Tk) (default 0..Tk-1), masked to key position <= query position -> (B, Tq, D)."""
+        key_positions (B, Tk) (default 0..Tk-1), masked to key position <= query position -> (B, Tq, D).
+        key_mask: (B, Tk) or (B, Tq, Tk) bool, False = never read (left padding); q: phi(q) from `project`."""
         B, n_kv = x_q.shape[0], k.shape[1]
-        fq, _, _ = self.project(x_q, positions, rope_cs)
+        fq = self.project(x_q, positions, rope_cs)[0] if q is None else q
         if key_positions is None:
             key_positions = torch.arange(k.shape[2], device=k.device).expand(B, -1)
-        visible = (key_positions[:, None, None, None, :] <= positions[:, None, None, :, None]).to(fq.dtype)
+        visible = key_positions[:, None, None, None, :] <= positions[:, None, None, :, None]  # (B, 1, 1, Tq, Tk)
+        if key_mask is not None:
+            visible = visible & (key_mask[:, None] if key_mask.ndim == 2 else key_mask)[:, None, None]
+        visible = visible.to(fq.dtype)
         rk = rope_at(k, rope_cs, key_positions)[:, :, None]  # (B, Hkv, 1, Tk, hd)
         num = (grouped(rope_at(fq, rope_cs, positions), n_kv) @ rk.transpose(-1, -2)) * visible  # (B, Hkv, G, Tq, Tk)
         den = ((grouped(fq, n_kv) @ k[:, :, None].transpose(-1, -2)) * visible).sum(-1, keepdim=True)

@@ -3,14 +3,13 @@
 Two entry points over the same weights:
 - `forward(x, rope_cs)`: every position attends to itself and the positions before it (fused SDPA, is_causal);
 - `attend(x_q, positions, k, v, rope_cs)`: queries for a subset of positions against a key/value source; the mask is
-  key position <= query position. This is what a compacting executor (only the running tokens) and a KV cache (the
-  new token against the cached keys) call, with the same maths: tested equal to the full form, row by row.
+  key position <= query position (and an optional key mask, for left padding), fused by SDPA with that mask. This
+  is what a compacting executor (only the running tokens) and a KV cache (the new token against the cached keys)
+  call, with the same maths: tested equal to the full form, row by row.
 Grouped-query attention (n_kv_head = Hkv < H): `project` returns k, v with Hkv heads (what a KV cache stores), and
 query head h reads key/value head h // (H / Hkv) (reference.ops.repeat_kv).
 """
 from __future__ import annotations
-
-import math
 
 import torch
 import torch.nn as nn
@@ -74,16 +73,18 @@ class SoftmaxAttention(nn.Module):
         q, k, v = split_heads(F.linear(x, self.qkv.weight), self.n_head, self.n_kv_head)
         return rope_at(q, rope_cs, positions), rope_at(k, rope_cs, positions), v
 
-    def attend(self, x_q, positions, k, v, rope_cs, key_positions=None):
+    def attend(self, x_q, positions, k, v, rope_cs, key_positions=None, key_mask=None, q=None):
         """Queries from x_q (B, Tq, D) at positions (B, Tq) against keys/values k, v (B, Hkv, Tk, hd) at
         key_positions (B, Tk) (default 0..Tk-1): softmax(q k^T / sqrt(hd), masked to key position <= query
-        position) v, projected. -> (B, Tq, D)."""
+        position) v, projected. -> (B, Tq, D). key_mask: (B, Tk) or (B, Tq, Tk) bool, False = never read (left
+        padding); q: the queries `project` already gave for x_q (a KV cache projects once)."""
         B, Tq, D = x_q.shape
-        q, _, _ = self.project(x_q, positions, rope_cs)
+        if q is None:
+            q, _, _ = self.project(x_q, positions, rope_cs)
         if key_positions is None:
             key_positions = torch.arange(k.shape[2], device=k.device).expand(B, -1)
         visible = key_positions[:, None, None, None, :] <= positions[:, None, None, :, None]  # (B, 1, 1, Tq, Tk)
-        q = grouped(q, k.shape[1])  # (B, Hkv, G, Tq, hd)
-        scores = (q @ k[:, :, None].transpose(-1, -2)) / math.sqrt(D // self.n_head)  # (B, Hkv, G, Tq, Tk)
-        y = torch.softmax(scores.masked_fill(~visible, float("-inf")), dim=-1) @ v[:, :, None]  # (B, Hkv, G, Tq, hd)
-        return F.linear(y.flatten(1, 2).transpose(1, 2).reshape(B, Tq, D), self.proj.weight)
+        if key_mask is not None:
+            visible = visible & (key_mask[:, None] if key_mask.ndim == 2 else key_mask)[:, None, None]
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=visible[:, 0], enable_gqa=k.shape[1] != self.n_head)
+        return F.linear(y.transpose(1, 2).reshape(B, Tq, D), self.proj.weight)  # y (B, H, Tq, hd)

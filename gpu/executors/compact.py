@@ -1,14 +1,18 @@
-"""The compacting executor: at each loop step only the tokens still running are computed.
+"""The compacting executor: at each loop step only the tokens that must be computed are.
 
-Per batch row the running positions are gathered (running ones first, padded to the longest row) for their queries
-and attention output, packed across the batch for the FFN and memory, and the update is scattered back; a step
-where every token runs takes the plain path. Halted tokens keep their state and still supply keys and values (from
-their frozen state, as in the masked executor). The numbers are the masked
-executor's (tested: values, N(t), every gradient), the work on a halted token shrinks to its key/value projection.
+Per batch row the computed positions are gathered (first, in order, padded to a bucketed row count R, see
+`bucket_rows`) for their queries and attention output, packed across the batch for the FFN and memory, and the
+update is scattered back; a step where every token is computed takes the plain path. The numbers are the masked
+executor's (tested: values, N(t), every gradient); the work on a halted token shrinks to its key/value projection at
+the first block of the group, and to nothing at the others.
 
-Exact for loop groups of one block. In a group of several blocks a halted token's keys and values at the second
-block still change under the `live` semantics (they depend on its attention to running tokens), so every token
-must be computed there: this executor refuses such groups (the `frozen` semantics that would allow it is not built).
+Which tokens a step k computes, and where halted tokens' keys/values come from (reference/loop.py, cfg.halted_kv):
+- groups of one block: the running tokens; halted ones supply keys/values from their frozen state (both semantics).
+- several blocks, "frozen": the running tokens and those that halted right after step k - 1 (their step N + 1 gives
+  the keys/values they hold from then on; its state update is discarded); every other halted token supplies, at
+  the blocks after the first, the keys/values it holds (the masked executor's, handed from step to step).
+- several blocks, "live": a halted token's keys/values at the second block depend on its attention to running
+  tokens at every step, so every token must be computed: this executor refuses (use "frozen" or the masked one).
 The MoE body's balance records assume every position; compaction refuses `ffn="moe"` for now.
 """
 from __future__ import annotations
@@ -16,61 +20,71 @@ from __future__ import annotations
 import torch
 
 from ..block import gather_rows
-from ..halting import relative_change
+from .masked import finish_step, outputs, frozen_group, hold, loop_start
 
 
 def check_compactable(cfg, blocks) -> None:
-    if len(blocks) != 1:
-        raise ValueError(f"the compact executor needs loop groups of one block (halted tokens' keys/values at a "
-                         f"second block still change); this group has {len(blocks)}: use loop_scope='layer', "
-                         f"n_layer=1, or executor='masked'")
-    if any(hasattr(m, "records") for m in blocks[0].modules()):
+    if len(blocks) != 1 and not frozen_group(cfg, blocks):
+        raise ValueError(f"the compact executor needs loop groups of one block under halted_kv={cfg.halted_kv!r} "
+                         f"(a halted token's keys/values at a second block still change); this group has "
+                         f"{len(blocks)}: set halted_kv='frozen' (halted tokens hold their keys/values), use "
+                         f"loop_scope='layer' or n_layer=1, or executor='masked'")
+    if any(hasattr(m, "records") for b in blocks for m in b.modules()):
         raise ValueError(f"the compact executor does not support ffn={cfg.ffn!r} (its balance term reads every "
                          f"position): use executor='masked'")
 
 
+def bucket_rows(n: int, T: int) -> int:
+    """n gathered rows rounded up to a multiple of ceil(T / 8), at most T: at most 8 distinct row counts per sequence
+    length T, so a compiled step sees few shapes; the extra rows are padding, masked like any other."""
+    q = -(-T // 8)
+    return min(T, -(-n // q) * q)
+
+
 def running_rows(running):
-    """(rows (B, R), valid (B, R)): each row's running positions first, in order, padded with halted ones up to
-    R = the most running positions of any row."""
+    """(rows (B, R), valid (B, R)): each row's running (computed) positions first, in order, padded with the others
+    up to R = bucket_rows(the most running positions of any row, T)."""
     order = torch.argsort((~running).to(torch.int8), dim=1, stable=True)  # (B, T): running first
     counts = running.sum(dim=1)
-    R = int(counts.max())
+    R = bucket_rows(int(counts.max()), running.shape[1])
     rows = order[:, :R]
     return rows, torch.arange(R, device=running.device)[None, :] < counts[:, None]
 
 
 def run_compact(group, blocks, e, rope_cs, K: int, step_sites=None):
-    """Same contract as gpu.executors.masked.run_masked; decoding with a KV cache uses the masked executor."""
+    """Same contract as gpu.executors.masked.run_masked; decoding with a KV cache runs gpu/executors/decode.py."""
     if step_sites is not None:
-        raise ValueError("decoding with a key/value cache runs every step for every token: use executor='masked'")
-    cfg, rule = group.cfg, group.rule
+        raise ValueError("decoding with a key/value cache is gpu/executors/decode.py's work "
+                         "(LoopGroup.run_with sends it there)")
+    cfg = group.cfg
     check_compactable(cfg, blocks)
+    frozen = frozen_group(cfg, blocks)
     B, T, D = e.shape
-    s = e
-    running = torch.ones(B, T, dtype=torch.bool, device=e.device)
-    state = rule.start(torch.zeros(B, T, dtype=e.dtype, device=e.device))
-    states, signals, deltas = [], [], []
-    constant_steps = max(0, K - cfg.backprop_loops) if cfg.backprop_loops else 0
+    s, running, exit_step, kvs, state, constant_steps = loop_start(group, blocks, e, K)
+    trace = []  # (s_k, signal, delta) per step
     for k in range(1, K + 1):
+        computed = running | (exit_step == k - 1) if frozen else running  # (B, T)
         if not bool(running.any()):
             s_new = s
         elif bool(running.all()):  # nothing to skip: the plain step (the masked executor's numbers, no gathering)
             s_new = s + group.step_scale * group.step(blocks, s, e, rope_cs)
+        elif bool(computed.all()):  # frozen, nothing held yet: the masked executor's step
+            r, kvs = group.step_frozen(blocks, s, e, rope_cs, exit_step < k - 1, kvs)
+            kvs = hold(kvs, k <= constant_steps)
+            s_new = s + running[..., None].to(e.dtype) * group.step_scale * r
         else:
-            rows, valid = running_rows(running)
+            rows, valid = running_rows(computed)
             x = group.inject_input(s, e)  # (B, T, D): every token's block input (halted ones supply keys/values)
             y_rows = blocks[0].forward_rows(x, rope_cs, rows, valid)  # (B, R, D), 0 at padding
-            r_rows = (y_rows - gather_rows(x, rows)) * valid[..., None].to(x.dtype)
+            for i in range(1, len(blocks)):  # frozen only: the rows' keys/values join the held ones
+                y_rows, kvs[i] = blocks[i].forward_rows_held(y_rows, rope_cs, rows, valid, kvs[i])
+            kvs = hold(kvs, k <= constant_steps)
+            update_rows = valid & torch.gather(running, 1, rows)  # a token computed for its keys/values only: no update
+            r_rows = (y_rows - gather_rows(x, rows)) * update_rows[..., None].to(x.dtype)
             update = torch.zeros_like(s).scatter(1, rows[..., None].expand(-1, -1, D), r_rows)
             s_new = s + group.step_scale * update
-        if k <= constant_steps:
-            s_new = s_new.detach()
-        delta = relative_change(s_new, s)
-        s = s_new
-        sig = group.signal(s, k)
-        state, halted = rule.decide(state, k, sig, delta, cfg)
+        s, sig, delta, state, halted = finish_step(group, k, s, s_new, state, constant_steps)
+        exit_step = torch.where(running & halted, k, exit_step)
         running = running & ~halted
-        states.append(s)
-        signals.append(sig)
-        deltas.append(delta)
-    return states, torch.stack(signals, dim=-1), torch.stack(deltas, dim=-1)
+        trace.append((s, sig, delta))
+    return outputs(trace)

@@ -34,7 +34,7 @@ def linear_attention_forward(x, w_qkv, w_proj, n_head, rope=None, n_kv_head=None
     """x: (B, T, D); w_qkv: ((H + 2 Hkv) hd, D); w_proj: (D, D); rope: (cos, sin) tables or None; n_kv_head: Hkv
     (None = H) -> (out (B, T, D), cache)."""
     xp = ops.xp_of(x)
-    B, T, D = x.shape
+    (B, T, _), D = x.shape, w_proj.shape[0]  # D from w_proj: x may carry more inputs (softmax_attention's x_kv)
     groups = n_head // (n_kv_head or n_head)
     qkv, c_qkv = ops.linear_forward(x, w_qkv)
     q, k, v = _heads(qkv, n_head, n_kv_head)  # (B, H, T, hd), (B, Hkv, T, hd) x 2
@@ -72,13 +72,14 @@ def linear_attention_backward(dout, cache):
     return dx, dw_qkv, dw_proj
 
 
-def forward(params, prefix: str, x, cfg, rope):
-    """x: (B, T, D) -> (B, T, D)."""
-    return softmax_attention.forward(params, prefix, x, cfg, rope, op=linear_attention_forward)
+def forward(params, prefix: str, x, cfg, rope, x_kv=None, kv_const=None):
+    """x: (B, T, D) -> (B, T, D); x_kv, kv_const: the keys' and values' inputs, as in softmax_attention.forward."""
+    return softmax_attention.forward(params, prefix, x, cfg, rope, op=linear_attention_forward, x_kv=x_kv,
+                                     kv_const=kv_const)
 
 
 def backward(dout, cache, grads):
-    """Adds the weight gradients to `grads`; returns dx (B, T, D)."""
+    """Adds the weight gradients to `grads`; returns dx (B, T, D), or (dx, dx_kv) when the forward had x_kv."""
     return softmax_attention.backward(dout, cache, grads, op=linear_attention_backward)
 
 

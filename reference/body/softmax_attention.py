@@ -20,17 +20,35 @@ def param_specs(prefix: str, cfg) -> dict:
             f"{prefix}.proj.weight": normal(D, D, std=residual_std(cfg))}
 
 
-def forward(params, prefix: str, x, cfg, rope, op=ops.attention_forward):
-    """x: (B, T, D) -> (B, T, D). op: the attention op over these weights (linear_attention.py passes its own)."""
-    out, cache = op(x, params[f"{prefix}.qkv.weight"], params[f"{prefix}.proj.weight"], cfg.n_head, rope,
+def forward(params, prefix: str, x, cfg, rope, op=ops.attention_forward, x_kv=None, kv_const=None):
+    """x: (B, T, D) -> (B, T, D). op: the attention op over these weights (linear_attention.py passes its own).
+    x_kv: (B, T, D) or None: the inputs whose keys and values each position supplies (queries still from x); a loop
+    step under halted_kv="frozen" passes its halted tokens' held inputs there (reference/loop.py). kv_const: (B, T)
+    bool or None: the positions whose keys/values are constants (held from a step truncated backprop holds constant):
+    no gradient from them, to the weights or to x_kv."""
+    xp, w_qkv, D = ops.xp_of(x), params[f"{prefix}.qkv.weight"], x.shape[-1]
+    if x_kv is None:
+        out, cache = op(x, w_qkv, params[f"{prefix}.proj.weight"], cfg.n_head, rope, n_kv_head=cfg.kv_heads)
+        return out, (prefix, cache, None)
+    # [q; k; v] = [W_q x; W_kv x_kv]: the op's own projection of [x, x_kv (live rows), x_kv (constant rows)] by the
+    # block weight [[W_q, 0, 0], [0, W_kv, W_kv]], so that the constant rows' share of the gradient can be dropped
+    const = xp.zeros(x.shape[:2], dtype=bool) if kv_const is None else kv_const
+    w_split = xp.zeros((w_qkv.shape[0], 3 * D), dtype=w_qkv.dtype)  # ((H + 2 Hkv) hd, 3 D)
+    w_split[:D, :D], w_split[D:, D:2 * D], w_split[D:, 2 * D:] = w_qkv[:D], w_qkv[D:], w_qkv[D:]
+    parts = [x, xp.where(const[..., None], 0.0, x_kv), xp.where(const[..., None], x_kv, 0.0)]
+    out, cache = op(xp.concatenate(parts, axis=-1), w_split, params[f"{prefix}.proj.weight"], cfg.n_head, rope,
                     n_kv_head=cfg.kv_heads)
-    return out, (prefix, cache)
+    return out, (prefix, cache, (D, const))
 
 
 def backward(dout, cache, grads, op=ops.attention_backward):
-    """Adds the weight gradients to `grads`; returns dx (B, T, D)."""
-    prefix, c = cache
+    """Adds the weight gradients to `grads`; returns dx (B, T, D), or (dx, dx_kv) when the forward had x_kv."""
+    prefix, c, split = cache
     dx, dw_qkv, dw_proj = op(dout, c)
+    if split is not None:  # W_qkv's blocks of the split weight, less the constant rows' one
+        D, const = split
+        dw_qkv = ops.xp_of(dx).concatenate([dw_qkv[:D, :D], dw_qkv[D:, D:2 * D]], axis=0)
+        dx = dx[..., :D], ops.xp_of(dx).where(const[..., None], 0.0, dx[..., D:2 * D])
     add_grad(grads, f"{prefix}.qkv.weight", dw_qkv)
     add_grad(grads, f"{prefix}.proj.weight", dw_proj)
     return dx
