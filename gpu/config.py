@@ -32,6 +32,7 @@ class TrainConfig:
     device: str = "auto"            # auto | cpu | cuda | cuda:N
     dtype: str = "float32"          # float32 | bfloat16 (autocast; weights stay float32) | float64
     compile: bool = False           # torch.compile the model (CUDA; fixed depth compiles without graph breaks)
+    executor: str = "auto"          # how loop steps run: auto (compact where it applies and is faster) | masked | compact
     threads: int = 0                # CPU threads for torch; 0 = all cores but one (a busy core stalls every op)
     batch_size: int = 16            # sequences per optimizer step and process, before accumulation
     seq_len: int = 0                # tokens per training sequence; 0 = the model's block_size
@@ -104,18 +105,20 @@ class TrainConfig:
 
 
 # Fields that may differ when resuming: they change how a run is watched, not what it computes.
-RESUMABLE_CHANGES = {"out", "device", "compile", "threads", "max_steps", "eval_every", "log_every", "ckpt_every", "keep_last",
-                     "collapse_patience", "tensorboard", "resume", "resume_from", "overwrite", "progress",
+RESUMABLE_CHANGES = {"out", "device", "compile", "executor", "threads", "max_steps", "eval_every", "log_every",
+                     "ckpt_every", "keep_last", "collapse_patience", "tensorboard", "resume", "resume_from", "overwrite", "progress",
                      "eval_batches"}
 
 
 RANDOM_LOOPS_DISTS = ("uniform", "poisson")  # gpu/train/schedule.py draws them
+EXECUTOR_NAMES = ("auto", "masked", "compact")  # gpu.executors.EXECUTORS (tested equal)
 
 
 def _check_schedules(tc: TrainConfig) -> None:
     """The warm-up and random-depth fields: in range, and none set where it would have no effect (the checks against
     the model config are gpu.train.schedule.check_schedules')."""
     _check(tc, "random_loops_dist", tc.random_loops_dist in RANDOM_LOOPS_DISTS, f"one of {RANDOM_LOOPS_DISTS}")
+    _check(tc, "executor", tc.executor in EXECUTOR_NAMES, f"one of {EXECUTOR_NAMES} (gpu/executors/)")
     _check(tc, "random_loops_mean", tc.random_loops_mean >= 0, "a number >= 0 (0 = max_loops / 2)")
     _check(tc, "halt_penalty_start", tc.halt_penalty_start >= 0, "a number >= 0")
     if not tc.random_loops:

@@ -23,7 +23,7 @@ class LoopGroup(nn.Module):
     Parameters: step_scale (D,), the halting rule's unit (halt.weight, halt.bias) if it has one, inject (D, 2D)
     for the concat injection."""
 
-    def __init__(self, cfg, executor: str = "masked"):
+    def __init__(self, cfg, executor: str = "auto"):
         super().__init__()
         self.cfg = cfg
         self.rule = get_rule(cfg.halt)
@@ -67,13 +67,15 @@ class LoopGroup(nn.Module):
             return torch.zeros(s.shape[:2], dtype=s.dtype, device=s.device)
         return self.halt(s)
 
-    def forward(self, blocks, e, rope_cs, loops: int | None = None, step_sites=None, cfg=None):
+    def forward(self, blocks, e, rope_cs, loops: int | None = None, step_sites=None, cfg=None, executor=None):
         """e: (B, T, D) -> (o (B, T, D), aux of (B, T[, K]) tensors). loops: max_loops for this call (None = cfg's).
         step_sites: step k -> one gpu.cache.Site per block, when decoding with a key/value cache.
-        cfg: this call's config (LoopedTransformer.call_config: per-call min_loops, halt_penalty); None = self.cfg."""
+        cfg: this call's config (LoopedTransformer.call_config: per-call min_loops, halt_penalty); None = self.cfg.
+        executor: this call's executor name (gpu/executors/); None = the group's."""
         cfg = self.cfg if cfg is None else cfg
         K = cfg.max_loops if loops is None else loops
-        states, signals, deltas = self.run_with(cfg, blocks, e, rope_cs, K, step_sites)
+        run = self.run_steps if executor is None else get_executor(executor)
+        states, signals, deltas = self.run_with(cfg, blocks, e, rope_cs, K, step_sites, run)
         res = self.rule.resolve(signals, deltas, cfg)
         o = sum(res.weights[..., k, None] * s_k for k, s_k in enumerate(states))  # (B, T, D)
         aux = dict(weights=res.weights, n_steps=res.n_steps, remainder=res.remainder, ponder_cost=res.ponder_cost,
@@ -83,13 +85,13 @@ class LoopGroup(nn.Module):
             aux["states"] = torch.stack(states, dim=2)  # (B, T, K, D): the loss reads every exit step's logits
         return o, aux
 
-    def run_with(self, cfg, blocks, e, rope_cs, K, step_sites):
+    def run_with(self, cfg, blocks, e, rope_cs, K, step_sites, run_steps=None):
         """The executor's steps under `cfg`: the executor and `signal` read self.cfg, so a per-call config is set
         for the duration of the steps and restored after (no swap, and nothing for torch.compile to trace, when
         the call uses the group's own config). Decoding with a key/value cache (step_sites) runs
         gpu/executors/decode.py, whatever the executor: a halted token then costs (almost) nothing."""
         from .executors.decode import run_decode
-        run = self.run_steps if step_sites is None else run_decode
+        run = (run_steps or self.run_steps) if step_sites is None else run_decode
         if cfg is self.cfg:
             return run(self, blocks, e, rope_cs, K, step_sites)
         saved, self.cfg = self.cfg, cfg

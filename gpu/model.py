@@ -36,10 +36,12 @@ class LoopedTransformer(nn.Module):
     aux: n_steps, remainder, ponder_cost, kl, halt_margin (B, T, G); weights, halt_probs, deltas (B, T, G, K);
     route_margin (B, T), the smallest top-k margin of the MoE calls on each token (inf without MoE).
     seed: weights drawn by reference.init_params(cfg, seed); None leaves torch's defaults (from_reference fills them).
-    executor: how the loop steps run (gpu/executors/): 'masked' computes every token at every step.
+    executor: how the loop steps run (gpu/executors/): 'masked' computes every token at every step, 'compact' only
+    the running ones, 'auto' (the default) compact where it applies and is faster, masked elsewhere. The numbers
+    are the same; forward(executor=...) chooses per call.
     """
 
-    def __init__(self, cfg: LoopConfig, seed: int | None = 0, executor: str = "masked"):
+    def __init__(self, cfg: LoopConfig, seed: int | None = 0, executor: str = "auto"):
         super().__init__()
         self.cfg = cfg
         V, D = cfg.vocab_size, cfg.d_model
@@ -55,13 +57,15 @@ class LoopedTransformer(nn.Module):
         if seed is not None:
             self.load_reference(init_params(cfg, seed, dtype="float32"))
 
-    def forward(self, tokens, targets=None, loops: int | None = None, cache=None, overrides: dict | None = None):
+    def forward(self, tokens, targets=None, loops: int | None = None, cache=None, overrides: dict | None = None,
+                executor: str | None = None):
         """loops: run every loop group up to this many steps instead of cfg.max_loops (the same weights; equal to
         the reference with cfg.replace(max_loops=loops)). Training with --random-loops draws it per step.
         cache: a gpu.cache.KVCache holding the keys/values of the positions before `tokens` (decoding): the tokens
         sit at positions cache.length.., attend to the cached ones, and are added to the cache.
         overrides: this call's values of fields that change no parameter (PER_CALL_FIELDS), e.g. {"min_loops": 3}:
-        equal to the reference with cfg.replace(**overrides). gpu.train's depth and halt-penalty warm-ups use it."""
+        equal to the reference with cfg.replace(**overrides). gpu.train's depth and halt-penalty warm-ups use it.
+        executor: this call's executor ('auto', 'masked', 'compact'; None = the model's): the same numbers."""
         cfg = self.call_config(overrides)
         if loops is not None and loops < cfg.min_loops:
             raise ValueError(f"loops={loops} is below min_loops={cfg.min_loops}; pass loops >= min_loops")
@@ -88,7 +92,7 @@ class LoopedTransformer(nn.Module):
         for g, group in enumerate(self.loop):
             idx = cfg.group_blocks(g)
             step_sites = None if cache is None else (lambda k, idx=idx: [site(f"core.{i}.step{k}") for i in idx])
-            x, aux_g = group([self.core[i] for i in idx], x, rope_cs, loops, step_sites, cfg)
+            x, aux_g = group([self.core[i] for i in idx], x, rope_cs, loops, step_sites, cfg, executor)
             group_aux.append(aux_g)
         logits = self.head(x, rope_cs, site)
         if cache is not None:
@@ -152,7 +156,7 @@ class LoopedTransformer(nn.Module):
         return out
 
 
-def from_reference(params: dict, cfg: LoopConfig, device=None, dtype=None, executor: str = "masked") -> LoopedTransformer:
+def from_reference(params: dict, cfg: LoopConfig, device=None, dtype=None, executor: str = "auto") -> LoopedTransformer:
     """The torch model holding numpy `params` (same names and shapes as reference.param_shapes(cfg)).
     dtype defaults to the params' own (float64 stays float64)."""
     check_params(params, cfg)

@@ -76,6 +76,36 @@ def test_equivalence_executor(backend, dtype, halt, executor):
     check_model(backend, dtype, cfg, *away_from_flips(cfg, dtype, B=3, T=8), executor=executor)
 
 
+AUTO_CASES = {  # config -> the executor 'auto' picks
+    "act, one block": (dict(halt="act"), "compact"),
+    "fixed depth: nothing to skip": (dict(halt="fixed"), "masked"),
+    "two blocks, live": (dict(halt="act", n_layer=2), "masked"),
+    "two blocks, frozen": (dict(halt="act", n_layer=2, halted_kv="frozen"), "compact"),
+    "moe": (dict(halt="act", ffn="moe", n_experts=4, moe_top_k=2), "masked"),
+}
+
+
+@pytest.mark.parametrize("case", AUTO_CASES)
+def test_auto_executor_compacts_where_it_applies(case, monkeypatch):
+    """The default executor runs compaction for an adaptive rule on a group it can compact, masked otherwise; a call
+    may name its executor, with the same numbers."""
+    import gpu.executors.auto as auto
+    fields, expected = AUTO_CASES[case]
+    cfg = R.LoopConfig(vocab_size=17, block_size=8, d_model=8, n_head=2, max_loops=3, **fields)
+    model = from_reference(R.init_params(cfg, 0, "float64"), cfg)
+    calls = []
+    for name in ("run_compact", "run_masked"):
+        original = getattr(auto, name)
+        monkeypatch.setattr(auto, name, lambda *a, _f=original, _n=name: calls.append(_n) or _f(*a))
+    tokens = torch.from_numpy(np.random.default_rng(0).integers(0, 17, (2, 8)))
+    logits, _, aux = model(tokens)
+    assert calls == [f"run_{expected}"]
+    masked, _, aux_m = model(tokens, executor="masked")
+    assert len(calls) == 1  # a named executor bypasses auto
+    torch.testing.assert_close(logits, masked, rtol=1e-12, atol=1e-12)
+    assert torch.equal(aux["n_steps"], aux_m["n_steps"])
+
+
 # ----------------------------------------------------------------------------- attention over a subset
 @pytest.mark.parametrize("body", sorted(GB.ATTENTIONS))
 @settings(max_examples=25, deadline=None)

@@ -101,6 +101,7 @@ def test_settings_the_model_cannot_use_are_refused(train, model, fragment):
     (["--random-loops", "--random-loops-dist=gamma"], "expected one of ('uniform', 'poisson')"),
     (["--random-loops", "--random-loops-mean=3"], "0 with --random-loops-dist=uniform"),
     (["--min-loops-warmup=-1"], "--min-loops-warmup=-1 is invalid: expected an int >= 0"),
+    (["--executor=fast"], "--executor='fast' is invalid: expected one of ('auto', 'masked', 'compact')"),
 ])
 def test_bad_schedule_flags_get_one_line_errors(args, fragment, capsys):
     with pytest.raises(SystemExit) as exit_:

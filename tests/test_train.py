@@ -192,8 +192,8 @@ def test_nan_loss_stops_with_the_last_good_checkpoint(tmp_path, monkeypatch, cap
     import gpu.train.build as train_mod  # where the training code builds its model
     real = train_mod.from_reference
 
-    def poisoned(params, cfg):
-        model = real(params, cfg)
+    def poisoned(params, cfg, **build):
+        model = real(params, cfg, **build)
         forward, calls = model.forward, [0]
 
         def forward_with_nan(tokens, targets=None, **call):

@@ -3,10 +3,11 @@ reference/loop.py). Every executor returns the per-step states, halting signals 
 loop group resolves them with its halting rule. Each is tested equal to `masked`, the reference semantics."""
 from __future__ import annotations
 
+from .auto import run_auto
 from .compact import run_compact
 from .masked import run_masked
 
-EXECUTORS = {"masked": run_masked, "compact": run_compact}
+EXECUTORS = {"auto": run_auto, "masked": run_masked, "compact": run_compact}  # auto: the default (auto.py)
 
 
 def get_executor(name: str):

@@ -23,15 +23,23 @@ from ..block import gather_rows
 from .masked import finish_step, outputs, frozen_group, hold, loop_start
 
 
-def check_compactable(cfg, blocks) -> None:
+def why_not_compactable(cfg, blocks) -> str | None:
+    """Why this executor cannot run a loop group of these blocks (a message naming the fix), or None."""
     if len(blocks) != 1 and not frozen_group(cfg, blocks):
-        raise ValueError(f"the compact executor needs loop groups of one block under halted_kv={cfg.halted_kv!r} "
-                         f"(a halted token's keys/values at a second block still change); this group has "
-                         f"{len(blocks)}: set halted_kv='frozen' (halted tokens hold their keys/values), use "
-                         f"loop_scope='layer' or n_layer=1, or executor='masked'")
+        return (f"the compact executor needs loop groups of one block under halted_kv={cfg.halted_kv!r} (a halted "
+                f"token's keys/values at a second block still change); this group has {len(blocks)}: set "
+                f"halted_kv='frozen' (halted tokens hold their keys/values), use loop_scope='layer' or n_layer=1, or "
+                f"executor='masked'")
     if any(hasattr(m, "records") for b in blocks for m in b.modules()):
-        raise ValueError(f"the compact executor does not support ffn={cfg.ffn!r} (its balance term reads every "
-                         f"position): use executor='masked'")
+        return (f"the compact executor does not support ffn={cfg.ffn!r} (its balance term reads every position): use "
+                f"executor='masked'")
+    return None
+
+
+def check_compactable(cfg, blocks) -> None:
+    why = why_not_compactable(cfg, blocks)
+    if why:
+        raise ValueError(why)
 
 
 def bucket_rows(n: int, T: int) -> int:

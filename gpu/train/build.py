@@ -36,7 +36,7 @@ def build(params: dict, opt_state: dict | None, mc, tc: TrainConfig, device, dis
     """Model from numpy `params` in the run's dtype on `device`, DDP/FSDP-wrapped with torchrun, its optimizer
     (loaded from `opt_state` when resuming), then torch.compile with --compile."""
     param_dtype = torch.float64 if tc.dtype == "float64" else torch.float32
-    raw_model = from_reference(params, mc).to(device=device, dtype=param_dtype)
+    raw_model = from_reference(params, mc, executor=tc.executor).to(device=device, dtype=param_dtype)
     model = wrap_distributed(raw_model, tc, device) if dist.enabled else raw_model
     optimizer = make_optimizer(model, tc, device)  # after FSDP has replaced the parameters by shards
     if opt_state is not None:
