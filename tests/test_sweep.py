@@ -178,6 +178,19 @@ def test_ablation_runs_body_x_halting_and_names_what_the_model_refuses(tmp_path)
     assert os.path.isfile(tmp_path / "ab" / "analysis" / "ablation_summary.csv")
 
 
+def test_the_summary_figure_adds_depth_and_loss_by_label_panels():
+    from gpu.experiments.summary import figure
+    rows = [dict(setting=s, seed=k, val_ce=4.0 + k, mean_depth=2.0, modal_share=0.9)
+            for s in ("a", "b") for k in (0, 1)]
+    by_label = [dict(setting=s, label=lab, mean_depth_mean=d, loss_mean=5.0 + d)
+                for s, d in (("a", 1.0), ("b", 2.0)) for lab in ("math", "code")]
+    plain, labelled = figure(rows, ["a", "b"], "t"), figure(rows, ["a", "b"], "t", by_label)
+    assert len(labelled.axes) == len(plain.axes) + 2
+    loss_panel = labelled.axes[len(plain.axes) + 1]
+    assert "loss by label - a's" in loss_panel.get_title()
+    assert [list(line.get_ydata()) for line in loss_panel.get_lines()] == [[0.0, 1.0], [0.0, 1.0]]  # minus a's loss
+
+
 def test_sigterm_stops_the_cells_after_a_checkpoint_and_the_same_command_continues(tmp_path):
     out = str(tmp_path / "sw")
     argv = [sys.executable, "-m", "gpu.experiments", "sweep", "--out", out, "--seeds", "0", "--windows", "8",

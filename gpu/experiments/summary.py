@@ -122,13 +122,31 @@ def mean_sd_table(summary: list[dict], columns, keys=("setting",)) -> str:
     return markdown_table(rows)
 
 
-def figure(rows: list[dict], settings: list[str], title: str):
-    """One panel per headline metric: each seed a dot, the mean a bar, per setting."""
+def figure(rows: list[dict], settings: list[str], title: str, by_label: list[dict] | None = None):
+    """One panel per headline metric: each seed a dot, the mean a bar, per setting; with `by_label` (the
+    aggregated rows by label) two more: each label's mean depth, and its loss minus the first setting's, per
+    setting (means over seeds)."""
     from ..analyze import pyplot
     metrics = [m for m in ("val_ce", "answer_acc", "mean_depth", "modal_share", "rho_ponder")
                if any(np.isfinite(r.get(m, np.nan)) for r in rows)]
+    labels = list(dict.fromkeys(s["label"] for s in by_label)) if by_label else []
+    panels = len(metrics) + (2 if labels else 0)
     plt = pyplot()
-    fig, axes = plt.subplots(1, len(metrics), figsize=(2.2 + 0.5 * len(settings) * len(metrics), 3.4), squeeze=False)
+    fig, axes = plt.subplots(1, panels, figsize=(2.2 + 0.5 * len(settings) * panels, 3.4), squeeze=False)
+    if labels:
+        at = {(s["setting"], s["label"]): s for s in by_label}
+        first = settings[0]
+        for ax, (key, what) in zip(axes[0][len(metrics):], (("mean_depth_mean", "mean depth by label"),
+                                                             ("loss_mean", f"loss by label - {first}'s"))):
+            for label in labels:
+                vals = [at[(s, label)][key] if (s, label) in at else np.nan for s in settings]
+                if key == "loss_mean":
+                    base = at[(first, label)][key] if (first, label) in at else np.nan
+                    vals = [v - base for v in vals]
+                ax.plot(range(len(settings)), vals, "o-", ms=3, lw=1, label=label)
+            ax.set_xticks(range(len(settings)), settings, rotation=60, ha="right", fontsize=7)
+            ax.set_title(what, fontsize=9)
+        axes[0][-1].legend(fontsize=6, loc="best")
     for ax, m in zip(axes[0], metrics):
         for i, s in enumerate(settings):
             vals = [r.get(m, np.nan) for r in rows if r["setting"] == s]
@@ -166,7 +184,7 @@ def summarize_cells(cells, out: str, windows: int = 256, where: str | None = Non
         md += "\n## By label (mean over seeds)\n\n" + markdown_table(
             [{k: s[k] for k in ("setting", "label", "seeds", "tokens_mean", "loss_mean", "mean_depth_mean")}
              for s in label_summary], digits=3)
-    fig = figure(rows, settings, f"{name}: {out}")
+    fig = figure(rows, settings, f"{name}: {out}", label_summary)
     tables = {"": rows, "summary": summary, **({"by_label": label_summary} if label_summary else {})}
     paths = write_outputs(out, name, tables, md, fig)
     return dict(rows=rows, summary=summary, by_label=label_summary, md=md, paths=paths)
