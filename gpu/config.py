@@ -61,6 +61,8 @@ class TrainConfig:
     halt_penalty_start: float = 0.0  # halt-penalty warm-up: the penalty at step 0, ramped linearly to halt_penalty
     halt_penalty_warmup: int = 0    # steps of the halt-penalty warm-up; 0 = off (halt_penalty from step 0)
     ignore_topics: str = ""         # comma list of topic names whose targets the loss skips (tasks: "prompt")
+    curriculum: str = ""            # difficulty-label prefix (tasks: hop, len, carry): easiest answers scored first
+    curriculum_steps: int = 0       # the step from which every level is scored (levels enter at equal intervals)
     init_from: str = ""             # start from these weights: a gpu.convert retrofit/from-hf folder, an HF Llama folder, a run or .safetensors (model flags may change only the loop's knobs)
     fsdp: bool = False              # with torchrun: shard parameters with FSDP instead of DDP
     tensorboard: bool = False       # also write TensorBoard scalars (needs the tensorboard package)
@@ -75,7 +77,7 @@ class TrainConfig:
                      "ckpt_every", "keep_last", "collapse_patience"):
             _check(self, name, getattr(self, name) >= 1, "an int >= 1")
         for name in ("seq_len", "warmup", "threads", "seed", "resume_from", "random_loops_max", "min_loops_start",
-                     "min_loops_warmup", "halt_penalty_warmup"):
+                     "min_loops_warmup", "halt_penalty_warmup", "curriculum_steps"):
             _check(self, name, getattr(self, name) >= 0, "an int >= 0")
         for name in ("lr", "min_lr_ratio", "weight_decay", "beta1", "beta2", "grad_clip", "random_loops_mean",
                      "halt_penalty_start"):
@@ -130,6 +132,8 @@ def _check_schedules(tc: TrainConfig) -> None:
            "an int >= 1 with --min-loops-start, and 0 without it (the two set the depth warm-up together)")
     _check(tc, "halt_penalty_start", tc.halt_penalty_warmup > 0 or tc.halt_penalty_start == 0,
            "0 without --halt-penalty-warmup (the steps over which the penalty ramps from it)")
+    _check(tc, "curriculum_steps", (tc.curriculum_steps > 0) == bool(tc.curriculum.strip()),
+           "an int >= 1 with --curriculum (the step from which every level is scored), and 0 without it")
 
 
 def _check(obj, name: str, ok: bool, accepted: str) -> None:

@@ -72,11 +72,12 @@ def training_seq_len(tc: TrainConfig, mc) -> int:
     return seq_len
 
 
-def sample_global_batch(data, split, batch: int, seq_len: int, rng, dist):
+def sample_global_batch(data, split, batch: int, seq_len: int, rng, dist, ignore_ids=None):
     """Every rank draws the same global batch from the shared rng and keeps its own rows, so N processes see
-    exactly the data one process with N times the batch would see. (x, y, topic), each (batch, seq_len)."""
+    exactly the data one process with N times the batch would see; targets of the topics `ignore_ids` (default:
+    --ignore-topics') are set to -1. (x, y, topic), each (batch, seq_len)."""
     from ..data import sample_batch
     x, y, topic = sample_batch(data[split], data[f"{split}_topics"], batch * dist.world, seq_len, rng)
-    y = mask_targets(y, topic, data["ignore_ids"])
+    y = mask_targets(y, topic, data["ignore_ids"] if ignore_ids is None else ignore_ids)
     rows = slice(dist.rank * batch, (dist.rank + 1) * batch)
     return x[rows], y[rows], (None if topic is None else topic[rows])

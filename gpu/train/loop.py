@@ -14,6 +14,7 @@ from reference.optim import lr_at
 from ..config import TrainConfig
 from ..diagnostics import collapsed
 from .build import Trainee
+from .curriculum import Curriculum
 from .data import sample_global_batch
 from .device import Dist, autocast
 from .distributed import accumulation_context
@@ -38,6 +39,7 @@ class Session:
     trainee: Trainee
     rng: np.random.Generator        # draws the batches (and --random-loops depths); saved in checkpoints
     schedule: Schedule              # per-step warm-ups and loop counts (gpu/train/schedule.py)
+    curriculum: Curriculum          # per-step scored difficulty levels (gpu/train/curriculum.py)
     stop: StopSignals = field(default_factory=StopSignals)
     collapse_streak: int = 0
     last_eval: dict | None = None
@@ -91,7 +93,8 @@ def optimizer_step(s: Session, step: int) -> tuple[float, float, float, dict]:
         group["lr"] = lr
     # --random-loops: one depth per optimizer step from the shared rng (the same on every rank; resumes exactly)
     loops = s.schedule.draw_loops(s.rng, step)
-    loss_sum, depth_sum = accumulate_gradients(s, dict(loops=loops, overrides=s.schedule.overrides(step)))
+    loss_sum, depth_sum = accumulate_gradients(s, dict(loops=loops, overrides=s.schedule.overrides(step)),
+                                               s.curriculum.ignore_ids(step))
     if tc.grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(s.trainee.model.parameters(), tc.grad_clip)
     train_loss = s.dist.mean(loss_sum)
@@ -100,17 +103,18 @@ def optimizer_step(s: Session, step: int) -> tuple[float, float, float, dict]:
                                + diverged_advice(tc.out))
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return lr, train_loss, s.dist.mean(depth_sum), s.schedule.record(step, loops)
+    return lr, train_loss, s.dist.mean(depth_sum), {**s.schedule.record(step, loops), **s.curriculum.record(step)}
 
 
-def accumulate_gradients(s: Session, call: dict) -> tuple[float, float]:
+def accumulate_gradients(s: Session, call: dict, ignore_ids=None) -> tuple[float, float]:
     """Backward over grad_accum micro-batches, each loss divided by grad_accum, so the gradient is the one of their
     mean (= of one batch grad_accum times larger); `call`: the schedule's keyword arguments of every model call
-    (loops, overrides). Returns (mean loss, mean depth) of this process."""
+    (loops, overrides); `ignore_ids`: the topics the loss skips at this step (the curriculum's; default
+    --ignore-topics'). Returns (mean loss, mean depth) of this process."""
     tc, model = s.tc, s.trainee.model
     loss_sum, depth_sum = 0.0, 0.0
     for micro in range(tc.grad_accum):
-        x, y, _ = sample_global_batch(s.data, "train", tc.batch_size, s.seq_len, s.rng, s.dist)
+        x, y, _ = sample_global_batch(s.data, "train", tc.batch_size, s.seq_len, s.rng, s.dist, ignore_ids)
         xt, yt = torch.from_numpy(x).to(s.device), torch.from_numpy(y).to(s.device)
         with accumulation_context(model, tc, s.dist, micro), autocast(tc.dtype, s.device):
             _, loss, aux = model(xt, yt, **call)

@@ -7,6 +7,7 @@ import sys
 from ..cli import run_command
 from ..config import TrainConfig, parse_command
 from .build import build
+from .curriculum import Curriculum
 from .data import fit_vocab, load_data, training_seq_len
 from .device import Dist, device_kind, setup_device
 from .loop import Session, train_loop
@@ -47,13 +48,15 @@ def _run(tc: TrainConfig, mc, explicit: set, explicit_train: set | None, dist: D
     mc = fit_vocab(mc, explicit, int(data["meta"]["vocab_size"]))
     seq_len = training_seq_len(tc, mc)
     check_schedules(tc, mc)
+    curriculum = Curriculum(tc, data)  # before the run folder: a bad --curriculum leaves nothing behind
     prepare_run_dir(tc, mc, dist)
     start = start_state(tc, mc, dist)
     write_config(tc, mc, dist)
     trainee = build(start.params, start.opt_state, mc, tc, device, dist)
     if dist.main:
         print(banner(tc, mc, seq_len, device, dist.world, start.step if start.checkpoint else None), flush=True)
-    session = Session(tc, mc, dist, device, data, seq_len, trainee, start.rng, Schedule(tc, mc), stop)
+    session = Session(tc, mc, dist, device, data, seq_len, trainee, start.rng, Schedule(tc, mc), curriculum,
+                      stop)
     rec = Recorder(tc.out, dist.main, start.step if tc.resume else None, tc.tensorboard, start.set_aside)
     try:
         last_eval = train_loop(session, start.step, rec)
