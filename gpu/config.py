@@ -61,8 +61,10 @@ class TrainConfig:
     halt_penalty_start: float = 0.0  # halt-penalty warm-up: the penalty at step 0, ramped linearly to halt_penalty
     halt_penalty_warmup: int = 0    # steps of the halt-penalty warm-up; 0 = off (halt_penalty from step 0)
     ignore_topics: str = ""         # comma list of topic names whose targets the loss skips (tasks: "prompt")
+    whole_documents: bool = False   # score only targets of documents that start inside the window (tasks: no cut-off prompts)
     curriculum: str = ""            # difficulty-label prefix (tasks: hop, len, carry): easiest answers scored first
     curriculum_steps: int = 0       # the step from which every level is scored (levels enter at equal intervals)
+    curriculum_mastery: float = 0.0  # > 0: a level also enters once this share of the scored answers is right (last 50 steps)
     init_from: str = ""             # start from these weights: a gpu.convert retrofit/from-hf folder, an HF Llama folder, a run or .safetensors (model flags may change only the loop's knobs)
     fsdp: bool = False              # with torchrun: shard parameters with FSDP instead of DDP
     tensorboard: bool = False       # also write TensorBoard scalars (needs the tensorboard package)
@@ -80,7 +82,7 @@ class TrainConfig:
                      "min_loops_warmup", "halt_penalty_warmup", "curriculum_steps"):
             _check(self, name, getattr(self, name) >= 0, "an int >= 0")
         for name in ("lr", "min_lr_ratio", "weight_decay", "beta1", "beta2", "grad_clip", "random_loops_mean",
-                     "halt_penalty_start"):
+                     "halt_penalty_start", "curriculum_mastery"):
             _check(self, name, math.isfinite(getattr(self, name)), "a finite number (not nan or inf)")
         _check(self, "lr", self.lr > 0, "a number > 0")
         _check(self, "min_lr_ratio", 0 <= self.min_lr_ratio <= 1, "a number in [0, 1]")
@@ -134,6 +136,8 @@ def _check_schedules(tc: TrainConfig) -> None:
            "0 without --halt-penalty-warmup (the steps over which the penalty ramps from it)")
     _check(tc, "curriculum_steps", (tc.curriculum_steps > 0) == bool(tc.curriculum.strip()),
            "an int >= 1 with --curriculum (the step from which every level is scored), and 0 without it")
+    _check(tc, "curriculum_mastery", 0 <= tc.curriculum_mastery <= 1 and (tc.curriculum_mastery == 0 or tc.curriculum),
+           "a share in [0, 1] (0 = the schedule alone), with --curriculum")
 
 
 def _check(obj, name: str, ok: bool, accepted: str) -> None:

@@ -7,11 +7,18 @@ one at equal intervals:
 
     level v_i is scored from 0-based step  s_i = floor(i W / (n - 1))      (n = 1: from step 0)
 
-so at step 0 only the easiest answers are scored and from step W every level is. Before its step a level's targets
+so at step 0 only the easiest answers are scored and from step W every level is. With --curriculum-mastery=a, a
+level also enters earlier, as soon as the answers scored so far are mastered: when, over the last WINDOW training
+steps, a share >= a of the scored answer tokens of the entered levels (whose problem starts inside the window)
+were predicted right (argmax of the training
+batches' logits, before the update), the next level enters at the following step and the window starts afresh.
+The schedule stays the latest a level enters (set W to max_steps for a curriculum by mastery alone). The mastery
+state (levels entered, the window) is saved in checkpoints, so a resumed run continues it exactly.
+
+Before its step a level's targets
 are ignored exactly as --ignore-topics ignores a topic (loss index -1): the model still reads the harder problems,
 it is only not yet asked to answer them. Evaluation always scores every level, so the validation loss of a run
-with a curriculum measures the whole task from the first evaluation on. Levels are functions of the step alone, so
-a resumed run continues the same curriculum.
+with a curriculum measures the whole task from the first evaluation on.
 
 Why: a preset model trained on 1-4 hop p-hop at once stays near chance even on 1 hop, while the same model
 trained on 1-hop problems alone learns them (docs/results.md, section 7).
@@ -19,19 +26,26 @@ trained on 1-hop problems alone learns them (docs/results.md, section 7).
 from __future__ import annotations
 
 import re
+from collections import deque
 
 import numpy as np
+import torch
 
 from ..config import TrainConfig
+from .data import mask_cut_documents
+
+WINDOW = 50  # training steps over which --curriculum-mastery measures the accuracy of the scored answers
 
 
 class Curriculum:
     """The ids of the topics the loss ignores at each step: --ignore-topics' plus the levels not yet entered."""
 
     def __init__(self, tc: TrainConfig, data: dict):
-        self.always = data["ignore_ids"]
-        self.steps = tc.curriculum_steps
+        self.always, self.eot = data["ignore_ids"], int(data["meta"].get("eot_id", 0))
+        self.steps, self.mastery = tc.curriculum_steps, tc.curriculum_mastery
         self.levels: list[tuple[int, int]] = []  # (value, topic id), easiest first
+        self.mastered = 1  # levels entered by mastery so far (the schedule may be ahead of it)
+        self.window: deque = deque(maxlen=WINDOW)  # (right, scored) answer tokens of the last steps
         if not tc.curriculum:
             return
         topics, train_topics = data["topics"], data["train_topics"]
@@ -53,19 +67,60 @@ class Curriculum:
         n = len(self.levels)
         return 0 if n == 1 else i * self.steps // (n - 1)
 
+    def entered(self, step: int) -> int:
+        """How many levels (easiest first) are scored at `step`: by the schedule, or by mastery if that is ahead."""
+        by_schedule = sum(self.entry_step(i) <= step for i in range(len(self.levels)))
+        return max(by_schedule, self.mastered) if self.mastery else by_schedule
+
     def level(self, step: int) -> int | None:
         """The hardest level value scored at `step` (None without a curriculum)."""
-        if not self.levels:
-            return None
-        return max(v for i, (v, _) in enumerate(self.levels) if self.entry_step(i) <= step)
+        return self.levels[self.entered(step) - 1][0] if self.levels else None
 
     def ignore_ids(self, step: int) -> np.ndarray:
         """Topic ids whose targets the loss skips at `step`. (k,) int64"""
-        waiting = [t for i, (_, t) in enumerate(self.levels) if self.entry_step(i) > step]
+        waiting = [t for _, t in self.levels[self.entered(step):]]
         if not waiting:
             return self.always
         return np.union1d(self.always, np.array(waiting, dtype=np.int64))
 
-    def record(self, step: int) -> dict:
-        """What a train record of `step` adds: the hardest scored level, while the curriculum runs."""
-        return {} if not self.levels else dict(curriculum_level=self.level(step))
+    def answers_right(self, logits: torch.Tensor, x, y, topic, step: int) -> tuple[int, int]:
+        """(right, scored): the answer tokens of the levels scored at `step` in a batch whose document starts inside
+        the window (an answer whose prompt was cut off cannot be known: gpu.train.data.mask_cut_documents), and how
+        many of them the argmax of `logits` (B, T, V) predicts. (0, 0) unless --curriculum-mastery is on."""
+        if not self.mastery:
+            return 0, 0
+        ids = [t for _, t in self.levels[:self.entered(step)]]
+        scored = mask_cut_documents(x, y, self.eot) >= 0
+        keep = torch.from_numpy(np.isin(topic, ids) & scored).to(logits.device)  # (B, T)
+        target = torch.from_numpy(y).to(logits.device)
+        right = (logits.detach().argmax(-1) == target) & keep
+        return int(right.sum()), int(keep.sum())
+
+    def after_step(self, step: int, right: float, scored: float) -> dict:
+        """Once `step` is trained, with its answer counts (answers_right, over every micro-batch and process):
+        returns what its train record adds (the hardest scored level; the mastery window's accuracy, this step
+        included), then, once the window is full and accurate enough, lets the next level enter from step + 1 and
+        restarts the window."""
+        if not self.levels:
+            return {}
+        record = dict(curriculum_level=self.level(step))
+        if not self.mastery or self.entered(step) == len(self.levels):
+            return record
+        self.window.append((right, scored))
+        right_sum, total = (sum(col) for col in zip(*self.window))
+        if total:
+            record["curriculum_accuracy"] = right_sum / total
+        if len(self.window) == WINDOW and total and right_sum / total >= self.mastery:
+            self.mastered = self.entered(step) + 1
+            self.window.clear()
+        return record
+
+    def state(self) -> dict:
+        """What a checkpoint keeps to resume the mastery curriculum exactly."""
+        return dict(mastered=self.mastered, window=[list(w) for w in self.window])
+
+    def restore(self, state: dict | None) -> None:
+        """Continue from a checkpoint's state (None: a fresh run, or a checkpoint written without one)."""
+        if state:
+            self.mastered = int(state["mastered"])
+            self.window = deque((tuple(w) for w in state["window"]), maxlen=WINDOW)

@@ -24,7 +24,8 @@ def load_data(tc: TrainConfig) -> dict:
     val, val_topics, _ = load_split(data_dir, "val")
     topics = topic_names(data_dir)
     return dict(train=train, train_topics=train_topics, val=val, val_topics=val_topics, meta=meta,
-                topics=topics, ignore_ids=ignored_topic_ids(tc.ignore_topics, topics, data_dir))
+                topics=topics, ignore_ids=ignored_topic_ids(tc.ignore_topics, topics, data_dir),
+                cut_eot=int(meta["eot_id"]) if tc.whole_documents else None)
 
 
 def ignored_topic_ids(spec: str, topics: list[str], data_dir) -> np.ndarray:
@@ -53,6 +54,15 @@ def mask_targets(y: np.ndarray, topic, ignore_ids: np.ndarray) -> np.ndarray:
     return np.where(np.isin(topic, ignore_ids), -1, y)
 
 
+def mask_cut_documents(x: np.ndarray, y: np.ndarray, eot_id: int | None) -> np.ndarray:
+    """--whole-documents: y with the targets before the window's first end-of-text input set to -1. Such a target
+    belongs to a document the window starts inside of: for a task, a problem whose prompt was cut off, whose answer
+    the model cannot know. Target i is predicted from inputs 0..i, so it is kept once one of them is the EOT. (B, T)"""
+    if eot_id is None:
+        return y
+    return np.where(np.cumsum(x == eot_id, axis=1) > 0, y, -1)
+
+
 def fit_vocab(mc, explicit: set, data_vocab: int):
     """The model's vocabulary follows the tokenizer unless set on the command line; then it must cover it."""
     if "vocab_size" not in explicit:
@@ -79,5 +89,6 @@ def sample_global_batch(data, split, batch: int, seq_len: int, rng, dist, ignore
     from ..data import sample_batch
     x, y, topic = sample_batch(data[split], data[f"{split}_topics"], batch * dist.world, seq_len, rng)
     y = mask_targets(y, topic, data["ignore_ids"] if ignore_ids is None else ignore_ids)
+    y = mask_cut_documents(x, y, data.get("cut_eot"))
     rows = slice(dist.rank * batch, (dist.rank + 1) * batch)
     return x[rows], y[rows], (None if topic is None else topic[rows])

@@ -6,7 +6,7 @@ import torch
 
 from ..config import TrainConfig
 from ..diagnostics import depth_by_topic, halting_stats, token_depth
-from .data import mask_targets
+from .data import mask_cut_documents, mask_targets
 from .device import autocast
 
 
@@ -18,7 +18,7 @@ def evaluate(model, mc, tc: TrainConfig, data, device, seq_len) -> dict:
     from ..data import fixed_windows
     model.eval()
     X, Y, TOPIC = fixed_windows(data["val"], data["val_topics"], tc.eval_batches * tc.batch_size, seq_len)
-    Y = mask_targets(Y, TOPIC, data["ignore_ids"])
+    Y = mask_cut_documents(X, mask_targets(Y, TOPIC, data["ignore_ids"]), data.get("cut_eot"))
     ces, n_scored, losses, auxes, depths, topics = [], [], [], [], [], []
     for i in range(tc.eval_batches):
         rows = slice(i * tc.batch_size, (i + 1) * tc.batch_size)

@@ -80,7 +80,8 @@ def train_loop(s: Session, start_step: int, rec: Recorder) -> dict | None:
 def save_step(s: Session, done: int) -> str:
     """Checkpoint `done` (weights checked finite on every rank first); returns its folder."""
     t = s.trainee
-    return save(t.raw_model, t.model, s.mc, t.optimizer, s.rng, s.tc, done, s.dist)
+    return save(t.raw_model, t.model, s.mc, t.optimizer, s.rng, s.tc, done, s.dist,
+                extra=dict(curriculum=s.curriculum.state()))
 
 
 def optimizer_step(s: Session, step: int) -> tuple[float, float, float, dict]:
@@ -93,8 +94,8 @@ def optimizer_step(s: Session, step: int) -> tuple[float, float, float, dict]:
         group["lr"] = lr
     # --random-loops: one depth per optimizer step from the shared rng (the same on every rank; resumes exactly)
     loops = s.schedule.draw_loops(s.rng, step)
-    loss_sum, depth_sum = accumulate_gradients(s, dict(loops=loops, overrides=s.schedule.overrides(step)),
-                                               s.curriculum.ignore_ids(step))
+    loss_sum, depth_sum, answers = accumulate_gradients(s, dict(loops=loops, overrides=s.schedule.overrides(step)),
+                                                        step)
     if tc.grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(s.trainee.model.parameters(), tc.grad_clip)
     train_loss = s.dist.mean(loss_sum)
@@ -103,25 +104,29 @@ def optimizer_step(s: Session, step: int) -> tuple[float, float, float, dict]:
                                + diverged_advice(tc.out))
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return lr, train_loss, s.dist.mean(depth_sum), {**s.schedule.record(step, loops), **s.curriculum.record(step)}
+    curriculum = s.curriculum.after_step(step, *(s.dist.mean(n) for n in answers))  # means: their ratio is the sum's
+    return lr, train_loss, s.dist.mean(depth_sum), {**s.schedule.record(step, loops), **curriculum}
 
 
-def accumulate_gradients(s: Session, call: dict, ignore_ids=None) -> tuple[float, float]:
+def accumulate_gradients(s: Session, call: dict, step: int) -> tuple[float, float, tuple[int, int]]:
     """Backward over grad_accum micro-batches, each loss divided by grad_accum, so the gradient is the one of their
     mean (= of one batch grad_accum times larger); `call`: the schedule's keyword arguments of every model call
-    (loops, overrides); `ignore_ids`: the topics the loss skips at this step (the curriculum's; default
-    --ignore-topics'). Returns (mean loss, mean depth) of this process."""
+    (loops, overrides); the targets the curriculum does not score at `step` are ignored. Returns (mean loss, mean
+    depth, (answers right, answers scored) for --curriculum-mastery) of this process."""
     tc, model = s.tc, s.trainee.model
-    loss_sum, depth_sum = 0.0, 0.0
+    loss_sum, depth_sum, right, scored = 0.0, 0.0, 0, 0
     for micro in range(tc.grad_accum):
-        x, y, _ = sample_global_batch(s.data, "train", tc.batch_size, s.seq_len, s.rng, s.dist, ignore_ids)
+        x, y, topic = sample_global_batch(s.data, "train", tc.batch_size, s.seq_len, s.rng, s.dist,
+                                          s.curriculum.ignore_ids(step))
         xt, yt = torch.from_numpy(x).to(s.device), torch.from_numpy(y).to(s.device)
         with accumulation_context(model, tc, s.dist, micro), autocast(tc.dtype, s.device):
-            _, loss, aux = model(xt, yt, **call)
+            logits, loss, aux = model(xt, yt, **call)
             (loss / tc.grad_accum).backward()
         loss_sum += float(loss.detach()) / tc.grad_accum
         depth_sum += float(aux["n_steps"].float().mean()) / tc.grad_accum
-    return loss_sum, depth_sum
+        r, n = s.curriculum.answers_right(logits, x, y, topic, step)
+        right, scored = right + r, scored + n
+    return loss_sum, depth_sum, (right, scored)
 
 
 def tokens_per_s(s: Session, done: int) -> float:

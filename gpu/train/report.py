@@ -34,7 +34,8 @@ def depth_histogram_png(hist: list[int], title: str) -> bytes | None:
 def write_report(run_dir, mc, tc, ev: dict, unigram: float, counts: dict, flops_at_depth: float) -> str:
     """Write RUN/report.md (and depth_hist.png with matplotlib) from the last evaluation `ev`; returns its path."""
     total = max(1, sum(ev["depth_hist"]))
-    scored = f", targets of topics {tc.ignore_topics} not scored" if tc.ignore_topics else ""
+    scored = (f", targets of topics {tc.ignore_topics} not scored" if tc.ignore_topics else "") + \
+        (", documents cut by the window start not scored" if tc.whole_documents else "")
     lines = [
         f"# Run report: `{tc.preset}` ({mc.halt}, {mc.loop_scope} scope, max {mc.max_loops} loops)", "",
         "| metric | value |", "|---|---|",

@@ -36,6 +36,7 @@ class StartState:
     rng: np.random.Generator
     checkpoint: str | None
     set_aside: str | None = None
+    saved: dict | None = None  # the checkpoint's state.json (rng, step, the curriculum's state)
 
 
 def notice(message: str) -> None:
@@ -104,7 +105,7 @@ def start_state(tc: TrainConfig, mc, dist: Dist) -> StartState:
         return StartState(reference.init_params(mc, tc.seed, "float32"), None, 0, rng, None, aside)
     params, _, opt_state, state = loaded
     rng.bit_generator.state = state["rng"]
-    return StartState(params, opt_state, state["step"], rng, path, aside)
+    return StartState(params, opt_state, state["step"], rng, path, aside, state)
 
 
 def last_good(run_dir) -> str:
@@ -124,16 +125,16 @@ def weights_finite(model) -> bool:
         return all(bool(torch.isfinite(getattr(p, "to_local", lambda: p)()).all()) for p in model.parameters())
 
 
-def save(raw_model, model, mc, optimizer, rng, tc: TrainConfig, step: int, dist: Dist) -> str:
-    """Rank 0 writes checkpoint `step` of the run in --out (FSDP gathers the full state on every rank first); returns
-    its folder. TrainingDiverged, on every rank and with nothing written, when any weight is not finite."""
+def save(raw_model, model, mc, optimizer, rng, tc: TrainConfig, step: int, dist: Dist, extra: dict | None = None) -> str:
+    """Rank 0 writes checkpoint `step` of the run in --out (FSDP gathers the full state on every rank first), with
+    `extra` (JSON values) beside the rng in its state.json; returns its folder. TrainingDiverged, on every rank and with nothing written, when any weight is not finite."""
     if dist.any(not weights_finite(model)):
         raise TrainingDiverged(f"the weights became non-finite by step {step} (the loss was still finite); not "
                                f"saving them. " + diverged_advice(tc.out))
     params, optim_sd = full_state(raw_model, model, optimizer, tc, dist)
     path = os.path.join(ckpt.checkpoint_dir(tc.out), f"step-{step:07d}")
     if dist.main:
-        path = ckpt.save_checkpoint(tc.out, step, params, mc, optim_sd, dict(rng=rng.bit_generator.state),
+        path = ckpt.save_checkpoint(tc.out, step, params, mc, optim_sd, dict(rng=rng.bit_generator.state, **(extra or {})),
                                     tc.keep_last)
     dist.barrier()
     return path

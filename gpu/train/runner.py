@@ -52,6 +52,7 @@ def _run(tc: TrainConfig, mc, explicit: set, explicit_train: set | None, dist: D
     prepare_run_dir(tc, mc, dist)
     start = start_state(tc, mc, dist)
     write_config(tc, mc, dist)
+    curriculum.restore((start.saved or {}).get("curriculum"))
     trainee = build(start.params, start.opt_state, mc, tc, device, dist)
     if dist.main:
         print(banner(tc, mc, seq_len, device, dist.world, start.step if start.checkpoint else None), flush=True)
