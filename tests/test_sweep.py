@@ -211,3 +211,11 @@ def test_sigterm_stops_the_cells_after_a_checkpoint_and_the_same_command_continu
     assert "partial, continuing" in again.stdout
     steps = [json.loads(line)["step"] for line in open(metrics) if '"train"' in line]
     assert steps == list(range(1, 401))
+
+
+@pytest.mark.parametrize("grid", sorted(f for f in os.listdir(os.path.join(ROOT, "sweeps")) if f.endswith(".toml")))
+def test_the_shipped_sweep_files_are_valid_grids(grid, tmp_path):
+    """sweeps/*.toml (the grids behind docs/results.md) parse, and every cell's settings build their configs."""
+    spec = load_spec(os.path.join(ROOT, "sweeps", grid))
+    made = cells(spec, str(tmp_path))
+    assert len(made) == len(spec["seeds"]) * len(spec["settings"]) and all(c.tc.seed in spec["seeds"] for c in made)
