@@ -7,17 +7,16 @@ one at equal intervals:
 
     level v_i is scored from 0-based step  s_i = floor(i W / (n - 1))      (n = 1: from step 0)
 
-so at step 0 only the easiest answers are scored and from step W every level is. With --curriculum-mastery=a, a
-level also enters earlier, as soon as the answers scored so far are mastered: when, over the last WINDOW training
-steps, a share >= a of the scored answer tokens of the entered levels (whose problem starts inside the window)
-were predicted right (argmax of the training
-batches' logits, before the update), the next level enters at the following step and the window starts afresh.
-The schedule stays the latest a level enters (set W to max_steps for a curriculum by mastery alone). The mastery
-state (levels entered, the window) is saved in checkpoints, so a resumed run continues it exactly.
-
-Before its step a level's targets
+so at step 0 only the easiest answers are scored and from step W every level is. Before its step a level's targets
 are ignored exactly as --ignore-topics ignores a topic (loss index -1): the model still reads the harder problems,
-it is only not yet asked to answer them. Evaluation always scores every level, so the validation loss of a run
+it is only not yet asked to answer them.
+
+With --curriculum-mastery=a a level also enters earlier, once the answers scored so far are mastered: when, over
+the last WINDOW training steps, a share >= a of the scored answer tokens of the entered levels (those whose problem
+starts inside the window) were predicted right (argmax of the training batches' logits, before the update), the
+next level enters at the following step and the window starts afresh. The schedule stays the latest a level
+enters (W = max_steps: a curriculum by mastery alone). The mastery state (levels entered, the window) is saved in
+checkpoints, so a resumed run continues it exactly. Evaluation always scores every level, so the validation loss of a run
 with a curriculum measures the whole task from the first evaluation on.
 
 Why: a preset model trained on 1-4 hop p-hop at once stays near chance even on 1 hop, while the same model
@@ -35,6 +34,7 @@ from ..config import TrainConfig
 from .data import mask_cut_documents
 
 WINDOW = 50  # training steps over which --curriculum-mastery measures the accuracy of the scored answers
+CHUNK = 1 << 23  # topic labels read at a time when looking for the levels of a split
 
 
 class Curriculum:
@@ -54,7 +54,9 @@ class Curriculum:
                              f"needs a task folder made by `python -m gpu.tasks make`")
         pattern = re.compile(rf"{re.escape(tc.curriculum)}(\d+)")
         labelled = {i: int(m.group(1)) for i, name in enumerate(topics) if (m := pattern.fullmatch(name))}
-        present = np.flatnonzero(np.bincount(np.asarray(train_topics), minlength=len(topics)))
+        counts = sum(np.bincount(np.asarray(train_topics[i:i + CHUNK]), minlength=len(topics))
+                     for i in range(0, len(train_topics), CHUNK))  # in chunks: memory bounded on a large split
+        present = np.flatnonzero(counts)
         self.levels = sorted((labelled[i], i) for i in present if i in labelled)
         if not self.levels:
             prefixes = sorted({re.sub(r"\d+$", "", n) for n in topics if re.search(r"\d$", n)})
