@@ -61,10 +61,10 @@ class TrainConfig:
     halt_penalty_start: float = 0.0  # halt-penalty warm-up: the penalty at step 0, ramped linearly to halt_penalty
     halt_penalty_warmup: int = 0    # steps of the halt-penalty warm-up; 0 = off (halt_penalty from step 0)
     ignore_topics: str = ""         # comma list of topic names whose targets the loss skips (tasks: "prompt")
-    whole_documents: bool = False   # score only targets of documents that start inside the window (tasks: no cut-off prompts)
+    whole_documents: bool = False   # score only targets of documents that start inside the window (no cut-off prompts)
     curriculum: str = ""            # difficulty-label prefix (tasks: hop, len, carry): easiest answers scored first
     curriculum_steps: int = 0       # the step from which every level is scored (levels enter at equal intervals)
-    curriculum_mastery: float = 0.0  # > 0: a level also enters once this share of the scored answers is right (last 50 steps)
+    curriculum_mastery: float = 0.0  # > 0: a level also enters once this share of the answers is right (last 50 steps)
     init_from: str = ""             # start from these weights: a gpu.convert retrofit/from-hf folder, an HF Llama folder, a run or .safetensors (model flags may change only the loop's knobs)
     fsdp: bool = False              # with torchrun: shard parameters with FSDP instead of DDP
     tensorboard: bool = False       # also write TensorBoard scalars (needs the tensorboard package)

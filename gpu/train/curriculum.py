@@ -16,11 +16,14 @@ the last WINDOW training steps, a share >= a of the scored answer tokens of the 
 starts inside the window) were predicted right (argmax of the training batches' logits, before the update), the
 next level enters at the following step and the window starts afresh. The schedule stays the latest a level
 enters (W = max_steps: a curriculum by mastery alone). The mastery state (levels entered, the window) is saved in
-checkpoints, so a resumed run continues it exactly. Evaluation always scores every level, so the validation loss of a run
-with a curriculum measures the whole task from the first evaluation on.
+checkpoints, so a resumed run continues it exactly.
 
-Why: a preset model trained on 1-4 hop p-hop at once stays near chance even on 1 hop, while the same model
-trained on 1-hop problems alone learns them (docs/results.md, section 7).
+Evaluation always scores every level, so the validation loss of a run with a curriculum measures the whole task
+from the first evaluation on.
+
+Why: a preset model trained on 1-4 hop p-hop at once stays near chance even on 1 hop (30-36%), while the same
+model trained on 1-hop problems alone gets 54-82% of them (docs/results.md, sections 7 and 8). A curriculum with
+fixed 1500-step levels did not help there (section 8): the easy level has to be learned before the next enters.
 """
 from __future__ import annotations
 

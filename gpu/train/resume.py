@@ -125,9 +125,11 @@ def weights_finite(model) -> bool:
         return all(bool(torch.isfinite(getattr(p, "to_local", lambda: p)()).all()) for p in model.parameters())
 
 
-def save(raw_model, model, mc, optimizer, rng, tc: TrainConfig, step: int, dist: Dist, extra: dict | None = None) -> str:
+def save(raw_model, model, mc, optimizer, rng, tc: TrainConfig, step: int, dist: Dist,
+         extra: dict | None = None) -> str:
     """Rank 0 writes checkpoint `step` of the run in --out (FSDP gathers the full state on every rank first), with
-    `extra` (JSON values) beside the rng in its state.json; returns its folder. TrainingDiverged, on every rank and with nothing written, when any weight is not finite."""
+    `extra` (JSON values) beside the rng in its state.json; returns its folder. TrainingDiverged, on every rank and
+    with nothing written, when any weight is not finite."""
     if dist.any(not weights_finite(model)):
         raise TrainingDiverged(f"the weights became non-finite by step {step} (the loss was still finite); not "
                                f"saving them. " + diverged_advice(tc.out))
