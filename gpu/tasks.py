@@ -22,7 +22,8 @@ per-token difficulty measures ({split}.difficulty.{name}.bin, uint8, NA=255 off 
               leading padding zeros).
     parity    "10110=1"          parity of n bits. measures: length (= n), ones.
     phop      "3:abcabd...=c"    p-hop induction (Sanford et al. 2024): from the last symbol, p times jump to the
-              token after the previous occurrence of the current token; answer = the token reached. measures: hops.
+              token after the previous occurrence of the current token; answer = the token reached. The sequence
+              draws --length symbols (default 24) from --alphabet letters (default 6). measures: hops.
     chain     "c=a:a=7:b=2|c?7b?2"  multi-query variable chasing: `queries` chains, each a digit bound to a
               variable and d - 1 more variables bound each to the one before (d uniform in 1..p), statements
               shuffled, then every chain's last variable queried. Each answer digit needs d sequential lookups, so
@@ -329,6 +330,10 @@ def main(argv=None) -> int:
         p.add_argument("--max-size", type=int, default=None, help="most digits / bits / hops (task default)")
         p.add_argument("--width", type=int, default=None, help="addition: pad operands to this many digits "
                                                                "(default max-size; 0 = no padding)")
+        p.add_argument("--alphabet", type=int, default=None,
+                       help=f"phop: letters a sequence draws from (default 6, at most {len(PHOP_ALPHABET)}); more "
+                            "letters, fewer repeats of the symbol a hop looks up")
+        p.add_argument("--length", type=int, default=None, help="phop: symbols per sequence (default 24)")
     m.add_argument("--out", required=True, help="output data folder")
     m.add_argument("--overwrite", action="store_true", help="replace an existing data folder at --out")
     t.add_argument("--data", default=None, help="data folder (default runs/tasks/TASK)")
@@ -354,6 +359,12 @@ def check_args(a) -> None:
     check_int("--seed" if a.cmd == "make" else "--data-seed", a.seed if a.cmd == "make" else a.data_seed, 0)
     if a.width is not None and a.task != "addition":
         raise ValueError("--width applies to the addition task only")
+    check_int("--alphabet", a.alphabet, 2, optional=True)
+    check_int("--length", a.length, 2, optional=True)
+    if (a.alphabet is not None or a.length is not None) and a.task != "phop":
+        raise ValueError("--alphabet and --length apply to the phop task only")
+    if a.alphabet is not None and a.alphabet > len(PHOP_ALPHABET):
+        raise ValueError(f"--alphabet={a.alphabet}: phop has {len(PHOP_ALPHABET)} letters; choose 2..{len(PHOP_ALPHABET)}")
 
 
 def make_data(a, data: str) -> None:
@@ -363,7 +374,8 @@ def make_data(a, data: str) -> None:
         return
     out = a.out if a.cmd == "make" else data
     check_args(a)
-    extra = dict(width=a.width) if a.task == "addition" else {}
+    extra = (dict(width=a.width) if a.task == "addition"
+             else dict(alphabet=a.alphabet, length=a.length) if a.task == "phop" else {})
     seed = a.seed if a.cmd == "make" else a.data_seed
     man = write_task(a.task, out, a.n_train, a.n_val, seed, a.min_size, a.max_size,
                      overwrite=getattr(a, "overwrite", False), **extra)

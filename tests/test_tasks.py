@@ -106,6 +106,21 @@ def test_parity_and_phop_answers():
     assert tasks.phop_answer("abcd", 1) is None
 
 
+def test_phop_alphabet_and_length(tmp_path):
+    rng = np.random.default_rng(4)
+    for alphabet, length in ((2, 5), (26, 24), (26, 40)):
+        for _ in range(50):
+            prompt, answer, _ = tasks.phop_problem(rng, int(rng.integers(1, 5)), length=length, alphabet=alphabet)
+            seq = prompt[:-1].split(":")[1]
+            assert len(seq) == length and set(seq) <= set(tasks.PHOP_ALPHABET[:alphabet]) and answer in seq
+    out = str(tmp_path / "phop")  # the CLI writes the generator settings into the manifest's command
+    assert tasks.main(["make", "phop", "--out", out, "--n-train", "20", "--n-val", "5", "--alphabet", "26",
+                       "--length", "30"]) == 0
+    with open(os.path.join(out, "manifest.json")) as f:
+        task = json.load(f)["task"]
+    assert task["alphabet"] == 26 and task["length"] == 30 and "--alphabet 26 --length 30" in task["command"]
+
+
 def resolve_chain(prompt: str, name: str) -> tuple[str, int]:
     """(value, lookups) of variable `name` in a chain prompt, by walking the bindings by hand."""
     bindings = dict(s.split("=") for s in prompt[:-1].split(":"))
@@ -231,9 +246,15 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     (tmp_path / "notdata" / "mine.txt").write_text("not data")
     assert tasks.main(["make", "parity", "--out", str(tmp_path / "notdata"), "--n-train", "5", "--n-val", "5"]) == 2
     assert tasks.main(["make", "parity", "--out", str(tmp_path / "p"), "--width", "3"]) == 2
+    assert tasks.main(["make", "parity", "--out", str(tmp_path / "p"), "--alphabet", "3"]) == 2
+    assert tasks.main(["make", "phop", "--out", str(tmp_path / "p"), "--alphabet", "27"]) == 2
+    assert tasks.main(["make", "phop", "--out", str(tmp_path / "p"), "--length", "1"]) == 2
     err = capsys.readouterr().err.splitlines()
     assert err == [f"error: {str(tmp_path / 'notdata')!r} exists and is not a data folder: choose another --out "
-                   f"(nothing was written)", "error: --width applies to the addition task only"]
+                   f"(nothing was written)", "error: --width applies to the addition task only",
+                   "error: --alphabet and --length apply to the phop task only",
+                   "error: --alphabet=27: phop has 26 letters; choose 2..26", err[-1]]
+    assert "--length" in err[-1] and ">= 2" in err[-1]
     assert sorted(os.listdir(tmp_path)) == ["notdata"]  # nothing written, no temporary folder left
 
 
