@@ -23,7 +23,9 @@ per-token difficulty measures ({split}.difficulty.{name}.bin, uint8, NA=255 off 
     parity    "10110=1"          parity of n bits. measures: length (= n), ones.
     phop      "3:abcabd...=c"    p-hop induction (Sanford et al. 2024): from the last symbol, p times jump to the
               token after the previous occurrence of the current token; answer = the token reached. The sequence
-              draws --length symbols (default 24) from --alphabet letters (default 6). measures: hops.
+              draws --length symbols (default 24) from --alphabet letters (default 6). --queries Q > 0 writes Q
+              questions per sequence, "abcabd|2a=c1d=b": each a hop count, a letter standing in for the last
+              symbol, and its answer (Q scored answers per sequence instead of one). measures: hops.
     chain     "c=a:a=7:b=2|c?7b?2"  multi-query variable chasing: `queries` chains, each a digit bound to a
               variable and d - 1 more variables bound each to the one before (d uniform in 1..p), statements
               shuffled, then every chain's last variable queried. Each answer digit needs d sequential lookups, so
@@ -142,14 +144,29 @@ def phop_answer(seq: str, hops: int) -> str | None:
     return seq[i]
 
 
-def phop_problem(rng, hops: int, length: int = 24, alphabet: int = 6):
-    """p-hop induction: `{p}:{seq}=` -> the symbol reached after p hops (resampled until every hop is defined)."""
+def phop_problem(rng, hops: int, length: int = 24, alphabet: int = 6, queries: int = 0):
+    """p-hop induction: `{p}:{seq}=` -> the symbol reached after p hops (resampled until every hop is defined).
+    queries > 0: the multi-query layout `{seq}|{p1}{x1}={a1}{p2}{x2}={a2}...`, where a_i is the p_i-hop answer of
+    seq + x_i (x_i stands where the last symbol stood; p_i uniform in 1..hops, x_i uniform among the letters whose
+    answer is defined): `queries` scored answers per sequence instead of one. The p_i, x_i and '=' are prompt."""
     letters = PHOP_ALPHABET[:alphabet]
     while True:
         seq = "".join(letters[k] for k in rng.integers(0, alphabet, length))
-        ans = phop_answer(seq, hops)
-        if ans is not None:
-            return f"{hops}:{seq}=", ans, dict(hops=[hops])
+        if not queries:
+            ans = phop_answer(seq, hops)
+            if ans is not None:
+                return f"{hops}:{seq}=", ans, dict(hops=[hops])
+            continue
+        asked = []
+        for p in rng.integers(1, hops + 1, queries):
+            ok = [x for x in letters if phop_answer(seq + x, int(p)) is not None]
+            if not ok:
+                break
+            x = ok[rng.integers(0, len(ok))]
+            asked.append((int(p), x, phop_answer(seq + x, int(p))))
+        if len(asked) == queries:
+            answer = "".join(f"{p}{x}={a}" for p, x, a in asked)
+            return seq + "|" + answer[:3], answer[3:], dict(hops=[v for p, _, _ in asked for v in (None, None, None, p)][3:])
 
 
 def chain_problem(rng, hops: int, queries: int = 4):
@@ -334,6 +351,9 @@ def main(argv=None) -> int:
                        help=f"phop: letters a sequence draws from (default 6, at most {len(PHOP_ALPHABET)}); more "
                             "letters, fewer repeats of the symbol a hop looks up")
         p.add_argument("--length", type=int, default=None, help="phop: symbols per sequence (default 24)")
+        p.add_argument("--queries", type=int, default=None,
+                       help="phop: answers per sequence, the multi-query layout (default 0: one, the original "
+                            "layout); chain: queried chains per problem (default 4)")
     m.add_argument("--out", required=True, help="output data folder")
     m.add_argument("--overwrite", action="store_true", help="replace an existing data folder at --out")
     t.add_argument("--data", default=None, help="data folder (default runs/tasks/TASK)")
@@ -363,6 +383,9 @@ def check_args(a) -> None:
     check_int("--length", a.length, 2, optional=True)
     if (a.alphabet is not None or a.length is not None) and a.task != "phop":
         raise ValueError("--alphabet and --length apply to the phop task only")
+    check_int("--queries", a.queries, 0 if a.task == "phop" else 1, optional=True)
+    if a.queries is not None and a.task not in ("phop", "chain"):
+        raise ValueError("--queries applies to the phop and chain tasks only")
     if a.alphabet is not None and a.alphabet > len(PHOP_ALPHABET):
         raise ValueError(f"--alphabet={a.alphabet}: phop has {len(PHOP_ALPHABET)} letters; choose 2..{len(PHOP_ALPHABET)}")
 
@@ -375,7 +398,8 @@ def make_data(a, data: str) -> None:
     out = a.out if a.cmd == "make" else data
     check_args(a)
     extra = (dict(width=a.width) if a.task == "addition"
-             else dict(alphabet=a.alphabet, length=a.length) if a.task == "phop" else {})
+             else dict(alphabet=a.alphabet, length=a.length, queries=a.queries) if a.task == "phop"
+             else dict(queries=a.queries) if a.task == "chain" else {})
     seed = a.seed if a.cmd == "make" else a.data_seed
     man = write_task(a.task, out, a.n_train, a.n_val, seed, a.min_size, a.max_size,
                      overwrite=getattr(a, "overwrite", False), **extra)

@@ -113,6 +113,16 @@ def test_phop_alphabet_and_length(tmp_path):
             prompt, answer, _ = tasks.phop_problem(rng, int(rng.integers(1, 5)), length=length, alphabet=alphabet)
             seq = prompt[:-1].split(":")[1]
             assert len(seq) == length and set(seq) <= set(tasks.PHOP_ALPHABET[:alphabet]) and answer in seq
+    for _ in range(100):  # the multi-query layout: each answer is the p-hop answer of seq + its letter
+        prompt, answer, m = tasks.phop_problem(rng, 3, length=12, queries=4)
+        seq, first = prompt.split("|")
+        text = first + answer
+        asked = [text[i:i + 4] for i in range(0, len(text), 4)]
+        assert len(asked) == 4 and all(q[2] == "=" for q in asked)
+        for p, x, _, a in asked:
+            assert 1 <= int(p) <= 3 and a == tasks.phop_answer(seq + x, int(p))
+        assert m["hops"] == [v for p, *_ in asked for v in (None, None, None, int(p))][3:]  # answers only
+        assert len(m["hops"]) == len(answer)
     out = str(tmp_path / "phop")  # the CLI writes the generator settings into the manifest's command
     assert tasks.main(["make", "phop", "--out", out, "--n-train", "20", "--n-val", "5", "--alphabet", "26",
                        "--length", "30"]) == 0
@@ -249,12 +259,14 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert tasks.main(["make", "parity", "--out", str(tmp_path / "p"), "--alphabet", "3"]) == 2
     assert tasks.main(["make", "phop", "--out", str(tmp_path / "p"), "--alphabet", "27"]) == 2
     assert tasks.main(["make", "phop", "--out", str(tmp_path / "p"), "--length", "1"]) == 2
+    assert tasks.main(["make", "parity", "--out", str(tmp_path / "p"), "--queries", "2"]) == 2
     err = capsys.readouterr().err.splitlines()
     assert err == [f"error: {str(tmp_path / 'notdata')!r} exists and is not a data folder: choose another --out "
                    f"(nothing was written)", "error: --width applies to the addition task only",
                    "error: --alphabet and --length apply to the phop task only",
-                   "error: --alphabet=27: phop has 26 letters; choose 2..26", err[-1]]
-    assert "--length" in err[-1] and ">= 2" in err[-1]
+                   "error: --alphabet=27: phop has 26 letters; choose 2..26", err[-2],
+                   "error: --queries applies to the phop and chain tasks only"]
+    assert "--length" in err[-2] and ">= 2" in err[-2]
     assert sorted(os.listdir(tmp_path)) == ["notdata"]  # nothing written, no temporary folder left
 
 
