@@ -66,6 +66,7 @@ class TrainConfig:
     curriculum_steps: int = 0       # the step from which every level is scored (levels enter at equal intervals)
     curriculum_mastery: float = 0.0  # > 0: a level also enters once this share of the answers is right (last 50 steps)
     init_from: str = ""             # start from these weights: a gpu.convert retrofit/from-hf folder, an HF Llama folder, a run or .safetensors (model flags may change only the loop's knobs)
+    exit_stage2: bool = False       # Ouro's Stage II: train only the exit gate of the --init-from model, all else frozen
     fsdp: bool = False              # with torchrun: shard parameters with FSDP instead of DDP
     tensorboard: bool = False       # also write TensorBoard scalars (needs the tensorboard package)
     resume: bool = False            # continue the run in `out` (its saved settings) from its newest intact checkpoint
@@ -100,6 +101,9 @@ class TrainConfig:
             raise ValueError(f"unknown preset {self.preset!r}; choose one of {sorted(PRESETS)}")
         if self.resume_from and not self.resume:
             object.__setattr__(self, "resume", True)  # --resume-from=N says --resume
+        _check(self, "exit_stage2", not self.exit_stage2 or bool(self.init_from.strip()) or self.resume,
+               "--init-from RUN_OR_CHECKPOINT with it (or --resume of a Stage II run): Stage II trains the exit gate "
+               "of a trained model, so start from one, e.g. a Stage I run with --halt=exit_gate")
         if self.resume and self.overwrite:
             raise ValueError("--resume and --overwrite contradict each other: --resume continues the run in --out, "
                              "--overwrite replaces it; pass one")

@@ -15,12 +15,14 @@ import torch.nn.functional as F
 
 from reference.checks import check_targets, check_tokens
 from reference.config import LoopConfig
+from reference.exit_stage2 import gate_param_names
 from reference.model import GROUP_AUX_KEYS, check_params, init_params
 from reference.weights import load_params, save_params
 
 from .block import Block
 from .body import Bank
 from .body import loss_terms as body_terms
+from .exit_stage2 import exit_stage2_loss
 from .halting import get_rule
 from .layers import Norm, rope_tables
 from .loop import LoopGroup
@@ -58,15 +60,23 @@ class LoopedTransformer(nn.Module):
             self.load_reference(init_params(cfg, seed, dtype="float32"))
 
     def forward(self, tokens, targets=None, loops: int | None = None, cache=None, overrides: dict | None = None,
-                executor: str | None = None):
+                executor: str | None = None, exit_stage2: bool = False):
         """loops: run every loop group up to this many steps instead of cfg.max_loops (the same weights; equal to
         the reference with cfg.replace(max_loops=loops)). Training with --random-loops draws it per step.
         cache: a gpu.cache.KVCache holding the keys/values of the positions before `tokens` (decoding): the tokens
         sit at positions cache.length.., attend to the cached ones, and are added to the cache.
         overrides: this call's values of fields that change no parameter (PER_CALL_FIELDS), e.g. {"min_loops": 3}:
         equal to the reference with cfg.replace(**overrides). gpu.train's depth and halt-penalty warm-ups use it.
-        executor: this call's executor ('auto', 'masked', 'compact'; None = the model's): the same numbers."""
+        executor: this call's executor ('auto', 'masked', 'compact'; None = the model's): the same numbers.
+        exit_stage2: the loss is Stage II's of the exit gate (gpu/exit_stage2.py), on a pass that runs every token
+        all K steps (exit_threshold 1; equal to reference.exit_stage2.exit_stage2_loss_and_grads): only the gate's
+        parameters get a gradient. aux is that pass's (n_steps = K)."""
         cfg = self.call_config(overrides)
+        if exit_stage2:
+            if targets is None:
+                raise ValueError("exit_stage2=True computes a loss: pass targets")
+            gate_param_names(cfg)  # ValueError without an exit gate
+            cfg = cfg.replace(exit_threshold=1.0)
         if loops is not None and loops < cfg.min_loops:
             raise ValueError(f"loops={loops} is below min_loops={cfg.min_loops}; pass loops >= min_loops")
         tokens = _as_tensor(tokens, self.embed.weight.device)
@@ -101,6 +111,8 @@ class LoopedTransformer(nn.Module):
         terms, aux["route_margin"] = body_terms.finish(self, aux["n_steps"], loops or cfg.max_loops)
         if targets is None:
             return logits, None, aux
+        if exit_stage2:
+            return logits, self.exit_stage2_loss(group_aux[0]["states"], targets, rope_cs, cfg), aux
         if get_rule(cfg.halt).expected_exit_loss:  # exit gate: expected CE over the exits (reference/exits.py)
             ce = self.expected_exit_ce(group_aux[0]["states"], aux["exit_probs"][:, :, 0], targets, rope_cs)
         else:
@@ -123,14 +135,28 @@ class LoopedTransformer(nn.Module):
             x = block(x, rope_cs, site(f"coda.{i}"))
         return F.linear(self.norm_f(x), self.embed.weight if self.lm_head is None else self.lm_head.weight)
 
+    def step_nll(self, state, targets, rope_cs):
+        """CE(head(s_n)) per token: state (B, T, D), targets (B, T) -> (B * T,), 0 at ignored targets."""
+        logits = self.head(state, rope_cs)
+        return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-1, reduction="none")
+
     def expected_exit_ce(self, states, exit_probs, targets, rope_cs):
         """(1 / n_valid) sum_t sum_n p_n(t) CE(head(s_n))(t): states (B, T, K, D), exit_probs (B, T, K)."""
         total = 0.0
         for n in range(states.shape[2]):
-            logits = self.head(states[:, :, n], rope_cs)
-            nll = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-1, reduction="none")
+            nll = self.step_nll(states[:, :, n], targets, rope_cs)
             total = total + (exit_probs[..., n].flatten() * nll).sum()  # nll = 0 at ignored targets
         return total / (targets != -1).sum()
+
+    def exit_stage2_loss(self, states, targets, rope_cs, cfg):
+        """Stage II's loss (gpu/exit_stage2.py) from the step states (B, T, K, D), detached: the per-step CE L_n
+        without gradient, the gate's logits z_n = w . norm(s_n) + b with it."""
+        states = states.detach()
+        with torch.no_grad():
+            nll = torch.stack([self.step_nll(states[:, :, n], targets, rope_cs).view(targets.shape)
+                               for n in range(states.shape[2])], dim=-1)  # (B, T, K)
+        z = self.loop[0].halt.logit(states)  # (B, T, K)
+        return exit_stage2_loss(z, nll, targets != -1, cfg.min_loops, cfg.exit_stage2_k, cfg.exit_stage2_gamma)
 
     def loss(self, ce, aux, cfg: LoopConfig | None = None):
         """ce + the halting rule's terms, coefficient * mean aux entry (reference.model.halting_loss_terms); cfg: the

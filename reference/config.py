@@ -57,6 +57,8 @@ class LoopConfig:
     converge_tol: float = 0.05     # converge halts once ||s_k - s_{k-1}|| / ||s_{k-1}|| < tol
     exit_threshold: float = 0.5    # exit_gate: exit at the first step whose cumulative exit probability >= q (1 = never early)
     exit_entropy: float = 0.05     # exit_gate: beta, weight of KL(exit distribution || uniform) = -entropy + const
+    exit_stage2_k: float = 50.0    # exit_gate Stage II (--exit-stage2): k of the label w_n = sigmoid(k (I_n - gamma))
+    exit_stage2_gamma: float = 0.005  # exit_gate Stage II: gamma, the loss improvement a step must bring to be run
     # block body
     attention: str = "softmax"     # attention body: softmax (causal multi-head softmax) | linear (causal linear, elu+1)
     ffn: str = "mlp"               # feed-forward body: mlp (two layers, the activation below) | moe (MoEUT's sigma-MoE)
@@ -174,9 +176,12 @@ def _validate(c: LoopConfig) -> None:
     if RULES[c.halt].expected_exit_loss and c.n_groups > 1:
         _fail("loop_scope", c.loop_scope, f"'stack' (or n_layer=1) with halt={c.halt!r}: each exit step is a whole "
                                           f"model output, so there must be one loop group")
-    for name in ("halt_penalty", "pondernet_beta", "converge_tol", "init_std", "moe_balance", "exit_entropy"):
+    for name in ("halt_penalty", "pondernet_beta", "converge_tol", "init_std", "moe_balance", "exit_entropy",
+                 "exit_stage2_gamma"):
         if getattr(c, name) < 0:
             _fail(name, getattr(c, name), "a number >= 0")
+    if c.exit_stage2_k <= 0:
+        _fail("exit_stage2_k", c.exit_stage2_k, "a number > 0 (the steepness of the Stage II label)")
     if c.rope_base <= 0:
         _fail("rope_base", c.rope_base, "a number > 0")
     if c.norm_eps <= 0:

@@ -38,7 +38,10 @@ class HaltUnit(nn.Module):
         self.bias = nn.Parameter(torch.zeros(1))               # (1,)
 
     def forward(self, s):  # (B, T, D) -> (B, T)
-        return torch.sigmoid((norm(s, kind=self.kind) * self.weight).sum(dim=-1) + self.bias[0])
+        return torch.sigmoid(self.logit(s))
+
+    def logit(self, s):  # (..., D) -> (...): z = w . norm(s) + b, the pre-sigmoid logit
+        return (norm(s, kind=self.kind) * self.weight).sum(dim=-1) + self.bias[0]
 
 
 def steps(K, like):

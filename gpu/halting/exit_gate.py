@@ -1,4 +1,5 @@
-"""Torch twin of reference/halting/exit_gate.py: Ouro's learned exit gate, exit at CDF >= q."""
+"""Torch twin of reference/halting/exit_gate.py: Ouro's learned exit gate, exit at CDF >= q (Stage I's expected exit
+loss; Stage II, the gate alone, is gpu/exit_stage2.py)."""
 from __future__ import annotations
 
 import torch

@@ -94,8 +94,8 @@ def optimizer_step(s: Session, step: int) -> tuple[float, float, float, dict]:
         group["lr"] = lr
     # --random-loops: one depth per optimizer step from the shared rng (the same on every rank; resumes exactly)
     loops = s.schedule.draw_loops(s.rng, step)
-    loss_sum, depth_sum, answers = accumulate_gradients(s, dict(loops=loops, overrides=s.schedule.overrides(step)),
-                                                        step)
+    call = dict(loops=loops, overrides=s.schedule.overrides(step), **({"exit_stage2": True} if tc.exit_stage2 else {}))
+    loss_sum, depth_sum, answers = accumulate_gradients(s, call, step)
     if tc.grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(s.trainee.model.parameters(), tc.grad_clip)
     train_loss = s.dist.mean(loss_sum)

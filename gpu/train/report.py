@@ -73,6 +73,7 @@ def banner(tc, mc, seq_len: int, device, world: int, resumed_at: int | None) -> 
             f"{counts['unique'] / 1e6:.2f}M params ({counts['non_embedding'] / 1e6:.2f}M non-embedding) | "
             f"{flops_per_token(mc, seq_len=seq_len) / 1e6:.1f} MFLOP/token (train, full depth) | "
             f"device={device} dtype={tc.dtype} world={world}"
+            + (" | exit gate Stage II (all else frozen)" if tc.exit_stage2 else "")
             + (f" | curriculum over {tc.curriculum}* levels until step {tc.curriculum_steps}" if tc.curriculum else "")
             + (f" | resuming at step {resumed_at}" if resumed_at is not None else ""))
 

@@ -6,7 +6,7 @@ import sys
 
 from ..cli import run_command
 from ..config import TrainConfig, parse_command
-from .build import build
+from .build import build, check_exit_stage2
 from .curriculum import Curriculum
 from .data import fit_vocab, load_data, training_seq_len
 from .device import Dist, device_kind, setup_device
@@ -48,6 +48,7 @@ def _run(tc: TrainConfig, mc, explicit: set, explicit_train: set | None, dist: D
     mc = fit_vocab(mc, explicit, int(data["meta"]["vocab_size"]))
     seq_len = training_seq_len(tc, mc)
     check_schedules(tc, mc)
+    check_exit_stage2(tc, mc)
     curriculum = Curriculum(tc, data)  # before the run folder: a bad --curriculum leaves nothing behind
     prepare_run_dir(tc, mc, dist)
     start = start_state(tc, mc, dist)

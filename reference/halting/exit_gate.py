@@ -9,7 +9,8 @@ entropy regulariser towards the uniform prior (Ouro: a geometric prior under-tra
 head applied to s_n. Inference exits at the first step whose cumulative exit probability reaches the threshold q:
     N = min{n >= min_loops : sum_{j<=n} p_j >= q} = min{n : S_n <= 1 - q},   output = s_N,
 q = LoopConfig.exit_threshold (q = 1 never exits early: every token runs K steps, Ouro's Stage I).
-Stage II of Ouro (training the gate alone towards the steps where the loss stops improving) is not built.
+Stage II of Ouro (the language model frozen, the gate alone trained by a BCE towards the steps that still improve the
+loss) is reference/exit_stage2.py, with its torch twin gpu/exit_stage2.py and `gpu.train --exit-stage2`.
 """
 from __future__ import annotations
 
