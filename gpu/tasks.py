@@ -165,8 +165,9 @@ def phop_problem(rng, hops: int, length: int = 24, alphabet: int = 6, queries: i
             x = ok[rng.integers(0, len(ok))]
             asked.append((int(p), x, phop_answer(seq + x, int(p))))
         if len(asked) == queries:
-            answer = "".join(f"{p}{x}={a}" for p, x, a in asked)
-            return seq + "|" + answer[:3], answer[3:], dict(hops=[v for p, _, _ in asked for v in (None, None, None, p)][3:])
+            answer = "".join(f"{p}{x}={a}" for p, x, a in asked)  # the first "{p}{x}=" goes with the prompt
+            hops = [v for p, _, _ in asked for v in (None, None, None, p)]  # per answer-side token: the answers only
+            return seq + "|" + answer[:3], answer[3:], dict(hops=hops[3:])
 
 
 def chain_problem(rng, hops: int, queries: int = 4):
@@ -387,7 +388,8 @@ def check_args(a) -> None:
     if a.queries is not None and a.task not in ("phop", "chain"):
         raise ValueError("--queries applies to the phop and chain tasks only")
     if a.alphabet is not None and a.alphabet > len(PHOP_ALPHABET):
-        raise ValueError(f"--alphabet={a.alphabet}: phop has {len(PHOP_ALPHABET)} letters; choose 2..{len(PHOP_ALPHABET)}")
+        n = len(PHOP_ALPHABET)
+        raise ValueError(f"--alphabet={a.alphabet}: phop has {n} letters; choose 2..{n}")
 
 
 def make_data(a, data: str) -> None:
