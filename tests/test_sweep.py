@@ -217,10 +217,11 @@ def test_sigterm_stops_the_cells_after_a_checkpoint_and_the_same_command_continu
 def test_the_shipped_sweep_files_are_valid_grids(grid, tmp_path):
     """sweeps/*.toml (the grids behind docs/results.md) parse, and every cell's settings build their configs."""
     spec = load_spec(os.path.join(ROOT, "sweeps", grid))
-    data = spec["base"].get("data")
-    if data:  # a task folder the file's comments say how to make: here a small one of the same task
-        task = next(t for t in tasks.TASKS if os.path.basename(data).startswith(t))
-        spec["base"]["data"] = str(tmp_path / "data")
-        tasks.write_task(task, spec["base"]["data"], n_train=20, n_val=10)
+    for i, fields in enumerate([spec["base"], *spec["settings"].values()]):
+        data = fields.get("data")
+        if data:  # a task folder the file's comments say how to make: here a small one of the same task
+            task = next(t for t in tasks.TASKS if os.path.basename(data).startswith(t))
+            fields["data"] = str(tmp_path / f"data{i}")
+            tasks.write_task(task, fields["data"], n_train=20, n_val=10)
     made = cells(spec, str(tmp_path / "sweep"))
     assert len(made) == len(spec["seeds"]) * len(spec["settings"]) and all(c.tc.seed in spec["seeds"] for c in made)
